@@ -1,0 +1,1 @@
+"""The `conveyor` command: run the pipeline, its parts, and talk to it."""

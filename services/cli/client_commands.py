@@ -1,0 +1,68 @@
+"""`conveyor submit` and `conveyor status`: talk to a running gateway over HTTP."""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+TERMINAL = {"completed", "failed"}
+
+
+def submit(url: str, source: str, *, user_id: str, callback_url: str | None, wait: bool, timeout: float) -> int:
+    with httpx.Client(base_url=url, timeout=60) as client:
+        if source == "-":
+            body = {"user_id": user_id, "content": sys.stdin.read()}
+            if callback_url:
+                body["callback_url"] = callback_url
+            response = client.post("/submit", json=body)
+        else:
+            path = Path(source)
+            if not path.is_file():
+                print(f"error: no such file: {source}", file=sys.stderr)
+                return 2
+            content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+            form = {"user_id": user_id, **({"callback_url": callback_url} if callback_url else {})}
+            with path.open("rb") as handle:
+                response = client.post("/upload", data=form, files={"file": (path.name, handle, content_type)})
+        if response.status_code != 202:
+            print(f"error: gateway answered {response.status_code}: {response.text}", file=sys.stderr)
+            return 1
+        accepted = response.json()
+        print(accepted["job_id"])
+        if not wait:
+            return 0
+        return _wait_for(client, accepted["job_id"], timeout)
+
+
+def _wait_for(client: httpx.Client, job_id: str, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        job = client.get(f"/jobs/{job_id}").json()
+        progress = ", ".join(f"{name}={s['state']}" for name, s in job["stages"].items())
+        if progress != last:
+            print(f"  {job['status']}: {progress or 'queued'}", file=sys.stderr)
+            last = progress
+        if job["status"] in TERMINAL:
+            if job["status"] == "completed":
+                print(job["summary"])
+                return 0
+            print(f"job failed: {job['error']}", file=sys.stderr)
+            return 1
+        time.sleep(0.5)
+    print(f"timed out after {timeout:.0f}s waiting for {job_id}", file=sys.stderr)
+    return 3
+
+
+def status(url: str, job_id: str) -> int:
+    response = httpx.get(f"{url}/jobs/{job_id}", timeout=30)
+    if response.status_code == 404:
+        print(f"no job {job_id}", file=sys.stderr)
+        return 1
+    print(json.dumps(response.json(), indent=2))
+    return 0

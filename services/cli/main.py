@@ -1,0 +1,136 @@
+"""Entry point of the `conveyor` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+
+from conveyor.topics import STAGES
+
+DEFAULT_GATEWAY_URL = "http://127.0.0.1:8000"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="conveyor",
+        description="Conveyor: an event-driven pipeline that extracts and summarizes documents. "
+                    "Settings come from CONVEYOR_* environment variables (see README).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="run the whole pipeline on this machine (embedded broker by default)",
+                        description="Start an embedded Kafka-protocol broker, the gateway and every worker "
+                                    "stage as child processes. Ctrl-C stops everything.")
+    up.add_argument("--workers", type=int, default=1, metavar="N", help="processes per worker stage (default 1)")
+    for stage in STAGES:
+        up.add_argument(f"--{stage}s", type=int, metavar="N", dest=f"{stage}_workers",
+                        help=f"processes of the {stage} stage (overrides --workers)")
+    up.add_argument("--external-broker", action="store_true",
+                    help="use CONVEYOR_BOOTSTRAP_SERVERS instead of starting the embedded broker")
+    up.add_argument("--metrics-port", type=int, default=9100,
+                    help="first worker metrics port; each worker takes the next (default 9100)")
+    up.add_argument("--trace-console", action="store_true", help="print trace spans to the console")
+
+    sub.add_parser("gateway", help="run the HTTP gateway (one process)")
+
+    worker = sub.add_parser("worker", help="run one worker process of a stage")
+    worker.add_argument("stage", choices=STAGES)
+
+    submit = sub.add_parser("submit", help="submit a file (or - for stdin text) and print its job id")
+    submit.add_argument("source", help="path of an HTML, PDF, DOCX or text file, or - to read text from stdin")
+    submit.add_argument("--user", default=os.environ.get("USER", "cli"), help="user id (default $USER)")
+    submit.add_argument("--callback-url", help="webhook to POST the result to")
+    submit.add_argument("--wait", action="store_true", help="wait for the job and print its summary")
+    submit.add_argument("--timeout", type=float, default=300, help="seconds to wait with --wait (default 300)")
+    submit.add_argument("--url", default=os.environ.get("CONVEYOR_GATEWAY_URL", DEFAULT_GATEWAY_URL),
+                        help="gateway URL (default $CONVEYOR_GATEWAY_URL or %(default)s)")
+
+    status = sub.add_parser("status", help="show a job's status")
+    status.add_argument("job_id")
+    status.add_argument("--url", default=os.environ.get("CONVEYOR_GATEWAY_URL", DEFAULT_GATEWAY_URL))
+
+    topics = sub.add_parser("topics", help="list the pipeline's topics and partitions")
+    topics.add_argument("--create", action="store_true", help="create missing topics first")
+
+    lag = sub.add_parser("lag", help="exact consumer lag per group, topic and partition")
+    lag.add_argument("--json", action="store_true", help="print JSON")
+
+    dlq = sub.add_parser("dlq", help="inspect or replay a stage's dead-letter topic")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
+    dlq_list = dlq_sub.add_parser("list", help="print the dead letters of a stage")
+    dlq_list.add_argument("stage", choices=STAGES)
+    dlq_replay = dlq_sub.add_parser("replay", help="send a stage's dead letters back to its input topic")
+    dlq_replay.add_argument("stage", choices=STAGES)
+    dlq_replay.add_argument("--job", action="append", dest="jobs", metavar="JOB_ID",
+                            help="replay only this job (repeatable)")
+
+    sub.add_parser("operator", help="run the Kubernetes operator for Pipeline resources")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command in ("submit", "status"):
+        from conveyor.cli import client_commands
+
+        if args.command == "submit":
+            return client_commands.submit(args.url, args.source, user_id=args.user, callback_url=args.callback_url,
+                                          wait=args.wait, timeout=args.timeout)
+        return client_commands.status(args.url, args.job_id)
+
+    from pydantic import ValidationError
+
+    from conveyor.settings import Settings
+
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"invalid CONVEYOR_* setting:\n{exc}", file=sys.stderr)
+        return 2
+    return _run(args, settings)
+
+
+def _run(args: argparse.Namespace, settings) -> int:  # type: ignore[no-untyped-def]
+    if args.command == "up":
+        from conveyor.cli.supervisor import Supervisor
+
+        if args.trace_console:
+            os.environ["CONVEYOR_TRACE_CONSOLE"] = "true"
+        workers = {s: getattr(args, f"{s}_workers") or args.workers for s in STAGES}
+        return Supervisor(settings, workers=workers, base_metrics_port=args.metrics_port,
+                          embedded=not args.external_broker).run()
+    if args.command == "gateway":
+        import uvicorn
+
+        from conveyor.gateway.app import create_app
+        from conveyor.logging import setup_logging
+
+        setup_logging(settings.log_level, json=settings.log_json, service="gateway")
+        uvicorn.run(create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
+                    log_level=settings.log_level.lower(), access_log=False)
+        return 0
+    if args.command == "worker":
+        from conveyor.cli.stages import stage_factory
+        from conveyor.worker import run_worker
+
+        asyncio.run(run_worker(args.stage, stage_factory(args.stage), settings))
+        return 0
+    if args.command == "operator":
+        from conveyor.operator.main import run as run_operator
+
+        return run_operator() or 0
+    from conveyor.cli import kafka_commands as kc
+
+    if args.command == "topics":
+        return kc.run(kc.topics(settings, create=args.create))
+    if args.command == "lag":
+        return kc.run(kc.lag(settings, as_json=args.json))
+    if args.dlq_command == "list":
+        return kc.run(kc.dlq_list(settings, args.stage))
+    return kc.run(kc.dlq_replay(settings, args.stage, job_ids=set(args.jobs or ())))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

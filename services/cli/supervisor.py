@@ -1,0 +1,158 @@
+"""`conveyor up`: the embedded broker, the gateway and worker processes on one machine.
+
+Each worker is a child process running `conveyor worker <stage>`, the same command its container
+runs. A child that dies is restarted; Ctrl-C or SIGTERM stops the children (they commit and leave
+their groups), then the broker.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from conveyor.kafka.embedded import EmbeddedBroker
+from conveyor.settings import Settings
+from conveyor.topics import STAGES
+
+log = logging.getLogger("conveyor.up")
+RESTART_DELAY_SECONDS = 2.0
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: float = field(default=0.0)
+
+    def start(self) -> None:
+        out = open(self.log_path, "ab")
+        self.process = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        self.started_at = time.monotonic()
+
+
+def plan_children(settings: Settings, workers: dict[str, int], *, base_metrics_port: int, log_dir: Path,
+                  env: dict[str, str]) -> list[Child]:
+    command = [sys.executable, "-m", "conveyor.cli.main"]
+    children = [Child("gateway", [*command, "gateway"], env, log_dir / "gateway.log")]
+    port = base_metrics_port
+    for stage in STAGES:
+        for index in range(workers[stage]):
+            child_env = {**env, "CONVEYOR_METRICS_PORT": str(port)}
+            children.append(Child(f"{stage}-{index + 1}", [*command, "worker", stage], child_env,
+                                  log_dir / f"{stage}-{index + 1}.log"))
+            port += 1
+    return children
+
+
+def write_prometheus_targets(path: Path, settings: Settings, children: list[Child]) -> None:
+    """File-based service discovery for a local Prometheus (see scripts/prometheus-local.yml)."""
+    groups = [{"targets": [f"127.0.0.1:{settings.gateway_port}"], "labels": {"service": "gateway"}}]
+    for child in children:
+        port = child.env.get("CONVEYOR_METRICS_PORT")
+        if child.name != "gateway" and port:
+            groups.append({"targets": [f"127.0.0.1:{port}"],
+                           "labels": {"service": child.name.rsplit("-", 1)[0], "instance_name": child.name}})
+    path.write_text(json.dumps(groups, indent=2))
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, *, workers: dict[str, int], base_metrics_port: int,
+                 embedded: bool) -> None:
+        self.settings = settings
+        self.workers = workers
+        self.base_metrics_port = base_metrics_port
+        self.embedded = embedded
+        self.stopping = False
+
+    def run(self) -> int:
+        home = self.settings.home.resolve()
+        log_dir = home / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        broker = None
+        env = {**os.environ, "CONVEYOR_HOME": str(home)}
+        if self.embedded:
+            broker = EmbeddedBroker(log_path=log_dir / "broker.log").start()
+            env["CONVEYOR_BOOTSTRAP_SERVERS"] = broker.bootstrap
+        bootstrap = env.get("CONVEYOR_BOOTSTRAP_SERVERS", self.settings.bootstrap_servers)
+        children = plan_children(self.settings, self.workers, base_metrics_port=self.base_metrics_port,
+                                 log_dir=log_dir, env=env)
+        write_prometheus_targets(home / "prometheus-targets.json", self.settings, children)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._request_stop)
+        try:
+            for child in children:
+                child.start()
+            self._print_banner(bootstrap, broker is not None, children, log_dir, home)
+            while not self.stopping:
+                self._restart_dead(children)
+                time.sleep(0.5)
+        finally:
+            self._stop_children(children)
+            if broker:
+                broker.stop()
+                print("embedded broker stopped (its in-memory data is gone)", flush=True)
+        return 0
+
+    def _request_stop(self, signum: int, frame: object) -> None:
+        if not self.stopping:
+            print(f"\n{signal.Signals(signum).name} received: stopping workers, gateway and broker...", flush=True)
+        self.stopping = True
+
+    def _restart_dead(self, children: list[Child]) -> None:
+        for child in children:
+            code = child.process.poll() if child.process else None
+            if code is None or self.stopping:
+                continue
+            if time.monotonic() - child.started_at < RESTART_DELAY_SECONDS:
+                continue
+            child.restarts += 1
+            print(f"{child.name} exited with code {code}; restarting (restart #{child.restarts}, "
+                  f"log: {child.log_path})", flush=True)
+            child.start()
+
+    def _stop_children(self, children: list[Child]) -> None:
+        # Workers first, so they commit and leave their groups while the broker is still up.
+        live = [c for c in children if c.process and c.process.poll() is None]
+        for child in live:
+            child.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        for child in live:
+            try:
+                child.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                print(f"{child.name} did not stop within 30s; killing it", flush=True)
+                child.process.kill()
+                child.process.wait()
+        print(f"stopped {len(live)} process(es)", flush=True)
+
+    def _print_banner(self, bootstrap: str, embedded: bool, children: list[Child], log_dir: Path,
+                      home: Path) -> None:
+        url = f"http://{self.settings.gateway_host}:{self.settings.gateway_port}"
+        lines = [
+            "Conveyor is starting:",
+            f"  broker     {bootstrap}" + (" (embedded, in memory)" if embedded else ""),
+            f"  gateway    {url}  (docs {url}/docs, metrics {url}/metrics)",
+        ]
+        for child in children[1:]:
+            lines.append(f"  {child.name:<10} metrics http://127.0.0.1:{child.env['CONVEYOR_METRICS_PORT']}/metrics")
+        lines += [
+            f"  logs       {log_dir}",
+            f"  state      {home}",
+            f"  prometheus targets {home / 'prometheus-targets.json'}",
+            "",
+            f"Try: curl -X POST {url}/submit -H 'content-type: application/json' "
+            "-d '{\"user_id\":\"u1\",\"content\":\"...\"}'",
+            "Press Ctrl-C to stop.",
+        ]
+        print("\n".join(lines), flush=True)

@@ -1,0 +1,189 @@
+"""The gateway's FastAPI application: submit, upload, follow jobs, probes and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from conveyor import metrics, tracing
+from conveyor.events import Event, Payload
+from conveyor.gateway.lag_exporter import export_lag_forever
+from conveyor.gateway.limits import BodyLimitMiddleware
+from conveyor.gateway.models import Accepted, JobView, SubmitRequest
+from conveyor.kafka.admin import ensure_topics
+from conveyor.kafka.clients import make_producer
+from conveyor.settings import Settings, get_settings
+from conveyor.stores import open_blob_store, open_job_store
+from conveyor.stores.base import JobRecord, JobState
+from conveyor.stores.blobs import BlobTooLarge
+from conveyor.topics import all_topics, input_topic
+
+log = logging.getLogger(__name__)
+
+UPLOAD_CHUNK = 1024 * 1024
+SUPPORTED_UPLOADS = {
+    "text/plain", "text/html", "application/xhtml+xml", "application/pdf", "text/markdown", "text/csv",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document", "application/octet-stream",
+}
+SUPPORTED_SUFFIXES = (".txt", ".text", ".md", ".csv", ".html", ".htm", ".xhtml", ".pdf", ".docx")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    extract_topic = input_topic("extractor", settings.topic_prefix)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tracing.setup_tracing("gateway", console=settings.trace_console)
+        await ensure_topics(settings, all_topics(settings.topic_prefix))
+        app.state.producer = make_producer(settings)
+        await app.state.producer.start()
+        app.state.store = open_job_store(settings)
+        app.state.blobs = open_blob_store(settings)
+        lag_task = asyncio.create_task(export_lag_forever(settings)) if settings.lag_interval_seconds else None
+        log.info("gateway ready on %s:%d, publishing to %s", settings.gateway_host, settings.gateway_port,
+                 extract_topic)
+        try:
+            yield
+        finally:
+            if lag_task:
+                lag_task.cancel()
+            await app.state.producer.stop()
+            await app.state.store.close()
+            tracing.shutdown_tracing()
+
+    app = FastAPI(
+        title="Conveyor gateway",
+        version="0.1.0",
+        description="Submit documents for extraction and summarization; follow jobs by id.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limits={"/upload": settings.max_upload_bytes},
+        default=settings.max_json_bytes,
+    )
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):  # type: ignore[no-untyped-def]
+        started = time.perf_counter()
+        with tracing.request_span(request.method, request.url.path):
+            response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        metrics.HTTP_REQUESTS.labels(request.method, path, str(response.status_code)).inc()
+        metrics.HTTP_LATENCY.labels(request.method, path).observe(time.perf_counter() - started)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return JSONResponse({"detail": "malformed JSON body", "errors": _plain(errors)}, status_code=400)
+        return JSONResponse({"detail": "invalid request", "errors": _plain(errors)}, status_code=422)
+
+    def status_url(request: Request, job_id: str) -> str:
+        base = settings.public_url.rstrip("/") or str(request.base_url).rstrip("/")
+        return f"{base}/jobs/{job_id}"
+
+    async def publish(request: Request, event: Event) -> Accepted:
+        state = request.app.state
+        await state.store.create(JobRecord(job_id=event.job_id, user_id=event.user_id,
+                                           callback_url=event.callback_url, meta=event.meta))
+        with tracing.produce_span(extract_topic, job_id=event.job_id):
+            event = event.model_copy(update={"trace": tracing.trace_dict()})
+            # Waiting for the broker's ack is the promise behind 202: the job is durable now.
+            await state.producer.send_and_wait(extract_topic, event.to_bytes(), key=event.job_id.encode(),
+                                               headers=tracing.kafka_headers())
+        return Accepted(job_id=event.job_id, status=JobState.queued, status_url=status_url(request, event.job_id))
+
+    @app.post("/submit", status_code=202, response_model=Accepted, summary="Submit text or HTML")
+    async def submit(body: SubmitRequest, request: Request) -> Accepted:
+        data = body.content.encode("utf-8")
+        metrics.HTTP_PAYLOAD_BYTES.labels("/submit").observe(len(data))
+        if len(data) >= settings.claim_check_bytes:
+            payload = Payload(blob=await request.app.state.blobs.put(data), content_type=body.content_type)
+        else:
+            payload = Payload(text=body.content, content_type=body.content_type)
+        metrics.JOBS_SUBMITTED.labels("json").inc()
+        return await publish(request, _new_event(body.user_id, payload, body.callback_url))
+
+    @app.post("/upload", status_code=202, response_model=Accepted, summary="Upload a document file")
+    async def upload(
+        request: Request,
+        file: Annotated[UploadFile, File(description="HTML, PDF, DOCX or plain text in any common charset.")],
+        user_id: Annotated[str, Form(min_length=1, max_length=256)],
+        callback_url: Annotated[str | None, Form()] = None,
+    ) -> Accepted:
+        content_type = (file.content_type or "application/octet-stream").split(";")[0].strip().lower()
+        filename = file.filename or "upload"
+        if content_type not in SUPPORTED_UPLOADS and not filename.lower().endswith(SUPPORTED_SUFFIXES):
+            raise HTTPException(415, f"unsupported file type {content_type!r} ({filename}); "
+                                     "send HTML, PDF, DOCX or plain text")
+        if callback_url is not None:
+            callback_url = str(SubmitRequest.model_validate(
+                {"user_id": user_id, "content": "-", "callback_url": callback_url}).callback_url)
+        size = file.size or 0
+        if size >= settings.claim_check_bytes or size == 0:
+            try:
+                ref = await request.app.state.blobs.put_stream(_chunks(file), max_bytes=settings.max_upload_bytes)
+            except BlobTooLarge as exc:
+                raise HTTPException(413, str(exc)) from exc
+            if ref.size == 0:
+                raise HTTPException(400, "uploaded file is empty")
+            payload, size = Payload(blob=ref, content_type=content_type, filename=filename), ref.size
+        else:
+            payload = Payload.from_bytes(await file.read(), content_type=content_type, filename=filename)
+        metrics.HTTP_PAYLOAD_BYTES.labels("/upload").observe(size)
+        metrics.JOBS_SUBMITTED.labels("upload").inc()
+        return await publish(request, _new_event(user_id, payload, callback_url, size=size))
+
+    @app.get("/jobs/{job_id}", response_model=JobView, summary="A job's status, per stage")
+    async def job_status(job_id: str, request: Request) -> JobView:
+        record = await request.app.state.store.get(job_id)
+        if record is None:
+            raise HTTPException(404, f"no job {job_id}")
+        return JobView(status=record.state, **record.model_dump(exclude={"state", "callback_url"}))
+
+    @app.get("/healthz", summary="Liveness")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: the broker answers")
+    async def readyz(request: Request) -> JSONResponse:
+        try:
+            ok = await asyncio.wait_for(request.app.state.producer.client.force_metadata_update(), 3)
+        except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - any failure means not ready
+            ok = False
+        return JSONResponse({"status": "ready" if ok else "broker unreachable"}, status_code=200 if ok else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _new_event(user_id: str, payload: Payload, callback_url: object, **meta: object) -> Event:
+    return Event(job_id=uuid.uuid4().hex, user_id=user_id, stage="extractor", payload=payload,
+                 callback_url=str(callback_url) if callback_url else None, meta=dict(meta))
+
+
+async def _chunks(file: UploadFile) -> AsyncIterator[bytes]:
+    while chunk := await file.read(UPLOAD_CHUNK):
+        yield chunk
+
+
+def _plain(errors: list[dict]) -> list[dict]:
+    """Validation errors without echoing the (possibly huge) input back."""
+    return [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in errors]

@@ -1,0 +1,37 @@
+"""The gateway's request and response bodies (they shape the OpenAPI docs at /docs)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+
+from conveyor.stores.base import JobState, StageProgress
+
+
+class SubmitRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user_id: str = Field(min_length=1, max_length=256, examples=["u1"])
+    content: str = Field(min_length=1, description="Document text (or HTML).")
+    content_type: str = Field("text/plain", description="e.g. text/plain or text/html.")
+    callback_url: HttpUrl | None = Field(None, description="POSTed the signed result when done.")
+
+
+class Accepted(BaseModel):
+    job_id: str
+    status: JobState
+    status_url: str
+
+
+class JobView(BaseModel):
+    job_id: str
+    user_id: str
+    status: JobState
+    created_at: datetime
+    updated_at: datetime
+    stages: dict[str, StageProgress]
+    summary: str | None = None
+    error: str | None = None
+    notified_at: datetime | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)

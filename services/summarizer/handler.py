@@ -1,0 +1,28 @@
+"""Summarizer handler: clean text -> summary, through the configured backend (TextRank or an LLM)."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+
+from conveyor.events import Event, Payload
+from conveyor.kafka.stage import Stage
+from conveyor.payloads import payload_bytes
+from conveyor.settings import Settings
+from conveyor.stores.base import JobStore
+from conveyor.stores.blobs import BlobStore
+from conveyor.summarizer.backends import make_backend
+
+
+def build_stage(settings: Settings, store: JobStore, blobs: BlobStore, resources: AsyncExitStack) -> Stage:
+    backend = make_backend(settings)
+    resources.push_async_callback(backend.close)
+
+    async def summarize(event: Event) -> Event:
+        text = (await payload_bytes(event.payload, blobs)).decode("utf-8")
+        summary = await backend.summarize(text, sentences=settings.summary_sentences)
+        meta = {**event.meta, "backend": summary.backend, **summary.meta}
+        # The notifier needs only the summary: the text stays behind.
+        return event.next("notifier", payload=Payload(), summary=summary.text, meta=meta)
+
+    # Skipping finished jobs on redelivery saves a second LLM call.
+    return Stage("summarizer", summarize, skip_done=True)

@@ -1,0 +1,9 @@
+"""Error classes that steer delivery: retry or dead-letter at once."""
+
+
+class PermanentError(Exception):
+    """Retrying cannot help (bad input, unsupported type): the event goes straight to the DLQ."""
+
+
+class TransientError(Exception):
+    """Worth retrying with backoff (timeouts, 429, 5xx, broker hiccups)."""

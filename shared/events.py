@@ -1,0 +1,101 @@
+"""Versioned event envelopes carried on every stage topic, and the dead-letter record.
+
+An event names the job, the stage that must handle it next and its payload, either inline or as a
+claim-check reference to the blob store. Unknown fields are kept out (`extra="forbid"`) so a
+producer bug shows up as a DLQ entry, not as silently dropped data.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class BlobRef(BaseModel):
+    """Claim check: where a large payload lives, and how to verify it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    uri: str
+    size: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Payload(BaseModel):
+    """Exactly one of `text`, `data_b64` or `blob` is set."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str | None = None
+    data_b64: str | None = None
+    blob: BlobRef | None = None
+    content_type: str = "text/plain"
+    filename: str | None = None
+
+    @classmethod
+    def from_bytes(cls, data: bytes, **kwargs: Any) -> "Payload":
+        return cls(data_b64=base64.b64encode(data).decode("ascii"), **kwargs)
+
+    def inline_bytes(self) -> bytes | None:
+        if self.data_b64 is not None:
+            return base64.b64decode(self.data_b64)
+        if self.text is not None:
+            return self.text.encode("utf-8")
+        return None
+
+
+class Event(BaseModel):
+    """One unit of work for one stage."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: Literal[1] = SCHEMA_VERSION
+    job_id: str = Field(min_length=1, max_length=128)
+    user_id: str = Field(min_length=1, max_length=256)
+    stage: str
+    attempt: int = Field(1, ge=1)
+    created_at: datetime = Field(default_factory=utcnow)
+    emitted_at: datetime = Field(default_factory=utcnow)
+    callback_url: str | None = None
+    trace: dict[str, str] = Field(default_factory=dict, description="W3C trace context.")
+    payload: Payload
+    summary: str | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode("utf-8")
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> "Event":
+        return cls.model_validate_json(raw)
+
+    def next(self, stage: str, **changes: Any) -> "Event":
+        """The event the next stage receives: same job, fresh attempt count and timestamp."""
+        return self.model_copy(update={"stage": stage, "attempt": 1, "emitted_at": utcnow(), **changes})
+
+
+class DeadLetter(BaseModel):
+    """What lands on a stage's DLQ: the error and the original record, byte for byte."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: Literal[1] = SCHEMA_VERSION
+    stage: str
+    job_id: str | None
+    error_type: str
+    error: str
+    attempts: int
+    failed_at: datetime = Field(default_factory=utcnow)
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    original_b64: str
+    original_headers: list[tuple[str, str]] = Field(default_factory=list)
+
+    def original(self) -> bytes:
+        return base64.b64decode(self.original_b64)

@@ -1,0 +1,1 @@
+"""Kafka plumbing every service shares: clients, topics, the stage loop, lag, the embedded broker."""

@@ -1,0 +1,105 @@
+"""All configuration, read once from `CONVEYOR_*` environment variables.
+
+Every field's default is the embedded, single-machine setup; production overrides them through the
+Helm chart's ConfigMap and Secret. A wrong value fails at start-up naming its env var.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_HOME = Path(".conveyor")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CONVEYOR_", extra="ignore")
+
+    # --- Kafka / Redpanda --------------------------------------------------------------------
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers, comma separated."
+    )
+    topic_prefix: str = Field("conveyor", description="Prefix of every topic and consumer group.")
+    partitions: int = Field(6, ge=1, description="Partitions per topic when Conveyor creates them.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-256"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    max_message_bytes: int = Field(
+        1_048_576, ge=1024, description="Producer max request size; larger payloads use the blob store."
+    )
+
+    # --- Delivery ------------------------------------------------------------------------------
+    batch_size: int = Field(64, ge=1, description="Records a worker fetches and commits at once.")
+    concurrency: int = Field(16, ge=1, description="Records a worker processes concurrently.")
+    max_attempts: int = Field(5, ge=1, description="Tries per event before it goes to the DLQ.")
+    retry_base_seconds: float = Field(0.5, gt=0, description="First retry backoff (doubles, jittered).")
+    retry_max_seconds: float = Field(30.0, gt=0, description="Backoff ceiling.")
+    session_timeout_ms: int = Field(10_000, ge=1000, description="Consumer group session timeout.")
+
+    # --- Gateway ---------------------------------------------------------------------------------
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = 8000
+    public_url: str = Field("", description="Base URL used in status links; empty = request's host.")
+    max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1, description="413 past this size.")
+    max_json_bytes: int = Field(5 * 1024 * 1024, ge=1, description="413 past this JSON body size.")
+    claim_check_bytes: int = Field(
+        256 * 1024, ge=0, description="Payloads at least this large travel as blob references."
+    )
+
+    # --- Stores ----------------------------------------------------------------------------------
+    home: Path = Field(DEFAULT_HOME, description="Folder for local state (SQLite, blobs).")
+    status_store: Literal["sqlite", "redis"] = "sqlite"
+    sqlite_path: Path | None = Field(None, description="Default: <home>/jobs.sqlite3.")
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    blob_store: Literal["file", "s3"] = "file"
+    blob_dir: Path | None = Field(None, description="Default: <home>/blobs.")
+    s3_bucket: str = "conveyor"
+    s3_endpoint_url: str | None = None
+    s3_prefix: str = "blobs/"
+
+    # --- Summarizer --------------------------------------------------------------------------
+    summarizer_backend: Literal["textrank", "openai"] = "textrank"
+    summary_sentences: int = Field(3, ge=1, le=50)
+    textrank_max_sentences: int = Field(
+        400, ge=10, description="Longer texts are chunked; TextRank cost grows with the square."
+    )
+    textrank_processes: int = Field(0, ge=0, description="Process pool size; 0 = CPU count.")
+    openai_base_url: str | None = Field(None, description="OpenAI-compatible API (vLLM, Ollama...).")
+    openai_api_key: SecretStr = SecretStr("not-needed")
+    openai_model: str = "gpt-4o-mini"
+    openai_timeout_seconds: float = Field(30.0, gt=0)
+    openai_max_retries: int = Field(4, ge=0)
+    openai_max_concurrency: int = Field(8, ge=1)
+    openai_max_input_chars: int = Field(24_000, ge=1000)
+
+    # --- Notifier ----------------------------------------------------------------------------
+    webhook_secret: SecretStr = SecretStr("change-me")
+    webhook_timeout_seconds: float = Field(10.0, gt=0)
+    webhook_allow_private: bool = Field(
+        False, description="Allow callbacks to loopback/private/link-local addresses."
+    )
+
+    # --- Telemetry -----------------------------------------------------------------------------
+    metrics_port: int = Field(0, ge=0, description="Prometheus port for workers; 0 = off.")
+    log_level: str = "INFO"
+    log_json: bool = False
+    trace_console: bool = False
+    lag_interval_seconds: float = Field(
+        15.0, ge=0, description="How often the gateway exports exact consumer lag; 0 = off."
+    )
+
+    def resolved_sqlite_path(self) -> Path:
+        return self.sqlite_path or self.home / "jobs.sqlite3"
+
+    def resolved_blob_dir(self) -> Path:
+        return self.blob_dir or self.home / "blobs"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

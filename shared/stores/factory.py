@@ -1,0 +1,26 @@
+"""Open the stores Settings ask for."""
+
+from __future__ import annotations
+
+from conveyor.settings import Settings
+from conveyor.stores.base import JobStore
+from conveyor.stores.blobs import BlobStore, FileBlobStore
+
+
+def open_job_store(settings: Settings) -> JobStore:
+    if settings.status_store == "redis":
+        from conveyor.stores.redis_store import RedisJobStore
+
+        return RedisJobStore(settings.redis_url)
+    from conveyor.stores.sqlite_store import SqliteJobStore
+
+    return SqliteJobStore(settings.resolved_sqlite_path())
+
+
+def open_blob_store(settings: Settings) -> BlobStore:
+    if settings.blob_store == "s3":
+        from conveyor.stores.s3_blobs import S3BlobStore
+
+        return S3BlobStore(bucket=settings.s3_bucket, endpoint_url=settings.s3_endpoint_url,
+                           prefix=settings.s3_prefix)
+    return FileBlobStore(settings.resolved_blob_dir())

@@ -1,0 +1,38 @@
+"""State transitions on a JobRecord, shared by every store backend so they agree exactly."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from conveyor.events import utcnow
+from conveyor.stores.base import JobRecord, JobState, StageProgress, StageState
+
+
+def with_stage(record: JobRecord, stage: str, state: StageState, *, attempts: int, error: str | None) -> JobRecord:
+    """The record after a stage reports progress. Finished jobs stay finished (redeliveries)."""
+    now = utcnow()
+    current = record.stages.get(stage, StageProgress())
+    if current.state == StageState.done and state != StageState.done:
+        return record  # a redelivered event must not move a finished stage backwards
+    stages = dict(record.stages)
+    stages[stage] = StageProgress(state=state, attempts=max(attempts, current.attempts), error=error, updated_at=now)
+    job_state = record.state
+    if state == StageState.failed:
+        job_state, error_text = JobState.failed, f"{stage}: {error}"
+    elif job_state in (JobState.queued, JobState.failed):
+        # A replayed dead letter brings a failed job back to life.
+        job_state, error_text = JobState.running, None
+    else:
+        error_text = record.error
+    return record.model_copy(update={"stages": stages, "state": job_state, "error": error_text, "updated_at": now})
+
+
+def completed(record: JobRecord, *, summary: str, meta: dict[str, Any] | None) -> JobRecord:
+    return record.model_copy(update={
+        "state": JobState.completed, "summary": summary, "error": None, "updated_at": utcnow(),
+        "meta": {**record.meta, **(meta or {})},
+    })
+
+
+def notified(record: JobRecord) -> JobRecord:
+    return record.model_copy(update={"notified_at": utcnow()})

@@ -1,0 +1,36 @@
+"""Test documents with known sentences, so summaries can be checked against their source."""
+
+from __future__ import annotations
+
+import io
+
+TOPICS = ["rivers", "mountains", "forests", "deserts", "oceans", "cities", "glaciers", "islands"]
+
+
+def english_text(seed: int = 0, sentences: int = 24) -> str:
+    """Distinct, well-formed English sentences (a different document per seed)."""
+    lines = []
+    for i in range(sentences):
+        topic = TOPICS[(seed + i) % len(TOPICS)]
+        lines.append(
+            f"Document {seed} observes that the {topic} of region {i} changed over {i + seed % 7 + 2} decades "
+            f"while scientists measured the {topic} and reported steady results in study {i}."
+        )
+    return " ".join(lines)
+
+
+def pdf_bytes(text: str) -> bytes:
+    from reportlab.lib.pagesizes import A4
+    from reportlab.pdfgen import canvas
+
+    buffer = io.BytesIO()
+    pdf = canvas.Canvas(buffer, pagesize=A4)
+    y = 800
+    for sentence in text.split(". "):
+        pdf.drawString(40, y, sentence.strip().rstrip(".") + ".")
+        y -= 16
+        if y < 60:
+            pdf.showPage()
+            y = 800
+    pdf.save()
+    return buffer.getvalue()

@@ -1,0 +1,119 @@
+"""Runs the real gateway and worker processes for end-to-end tests, each test on its own topics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from conveyor.kafka.embedded import free_port
+
+
+@dataclass
+class Pipeline:
+    bootstrap: str
+    home: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}")
+    port: int = field(default_factory=free_port)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "CONVEYOR_BOOTSTRAP_SERVERS": self.bootstrap,
+            "CONVEYOR_TOPIC_PREFIX": self.prefix,
+            "CONVEYOR_HOME": str(self.home),
+            "CONVEYOR_GATEWAY_PORT": str(self.port),
+            "CONVEYOR_SESSION_TIMEOUT_MS": "6000",
+            "CONVEYOR_PARTITIONS": "4",
+            "CONVEYOR_RETRY_BASE_SECONDS": "0.05",
+            "CONVEYOR_RETRY_MAX_SECONDS": "0.5",
+            "CONVEYOR_TEXTRANK_PROCESSES": "1",
+            "CONVEYOR_LAG_INTERVAL_SECONDS": "0",
+            **self.extra_env,
+        }
+
+    def start(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = open(self.home / f"{name}.log", "ab")
+        process = subprocess.Popen([sys.executable, "-m", "conveyor.cli.main", *args],
+                                   env={**self.env, **(env or {})}, stdout=log, stderr=subprocess.STDOUT)
+        self.processes[name] = process
+        return process
+
+    def start_gateway(self) -> None:
+        self.start("gateway", "gateway")
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"gateway not ready; log:\n{self.log('gateway')}")
+
+    def start_worker(self, stage: str, index: int = 1, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        return self.start(f"{stage}-{index}", "worker", stage, env=env)
+
+    def start_all(self, workers: int = 1) -> "Pipeline":
+        self.start_gateway()
+        for stage in ("extractor", "summarizer", "notifier"):
+            for index in range(1, workers + 1):
+                self.start_worker(stage, index)
+        return self
+
+    def log(self, name: str) -> str:
+        path = self.home / f"{name}.log"
+        return path.read_text(errors="replace")[-5000:] if path.exists() else ""
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        process = self.processes.pop(name)
+        process.send_signal(sig)
+        return process.wait(timeout)
+
+    def stop_all(self) -> None:
+        for name in list(self.processes):
+            if self.processes[name].poll() is None:
+                try:
+                    self.stop(name)
+                except subprocess.TimeoutExpired:
+                    self.processes.get(name, subprocess.Popen).kill()  # type: ignore[union-attr]
+            self.processes.pop(name, None)
+
+    def submit(self, content: str, **extra: object) -> str:
+        response = httpx.post(f"{self.url}/submit", json={"user_id": "u1", "content": content, **extra}, timeout=30)
+        assert response.status_code == 202, response.text
+        return response.json()["job_id"]
+
+    def job(self, job_id: str) -> dict:
+        return httpx.get(f"{self.url}/jobs/{job_id}", timeout=30).json()
+
+    def wait_for(self, job_ids: list[str], *, timeout: float = 120, states: tuple[str, ...] = ("completed",)) -> dict[str, dict]:
+        deadline = time.monotonic() + timeout
+        pending, done = set(job_ids), {}
+        while pending and time.monotonic() < deadline:
+            for job_id in list(pending):
+                job = self.job(job_id)
+                if job["status"] in states:
+                    done[job_id] = job
+                    pending.discard(job_id)
+            if pending:
+                time.sleep(0.3)
+        if pending:
+            sample = self.job(next(iter(pending)))
+            logs = "\n".join(f"--- {n}\n{self.log(n)[-1500:]}" for n in list(self.processes))
+            raise TimeoutError(f"{len(pending)} job(s) not {states}; e.g. {sample}\n{logs}")
+        return done
