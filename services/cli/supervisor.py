@@ -22,7 +22,8 @@ from conveyor.settings import Settings
 from conveyor.topics import STAGES
 
 log = logging.getLogger("conveyor.up")
-RESTART_DELAY_SECONDS = 2.0
+RESTART_DELAY_SECONDS = 1.0
+MAX_RESTART_DELAY_SECONDS = 60.0
 
 
 @dataclass
@@ -114,7 +115,9 @@ class Supervisor:
             code = child.process.poll() if child.process else None
             if code is None or self.stopping:
                 continue
-            if time.monotonic() - child.started_at < RESTART_DELAY_SECONDS:
+            # Crash loops back off exponentially instead of spinning.
+            delay = min(MAX_RESTART_DELAY_SECONDS, RESTART_DELAY_SECONDS * 2 ** child.restarts)
+            if time.monotonic() - child.started_at < delay:
                 continue
             child.restarts += 1
             print(f"{child.name} exited with code {code}; restarting (restart #{child.restarts}, "

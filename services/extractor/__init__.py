@@ -1,0 +1,1 @@
+"""Extractor stage: turns uploaded documents into clean text for the summarizer."""

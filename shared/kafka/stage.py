@@ -82,6 +82,9 @@ class StageWorker:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._slots = asyncio.Semaphore(settings.concurrency)
+        # Records of one job (same key) run one after another, so a redelivered duplicate sees
+        # the first copy's outcome instead of racing it.
+        self._job_locks: dict[bytes, tuple[asyncio.Lock, int]] = {}
 
     def stop(self) -> None:
         """Stop fetching; the current batch finishes (or hands back its records) and commits."""
@@ -157,12 +160,22 @@ class StageWorker:
                 self._consumer.seek(tp, committed)
 
     async def _guarded(self, record: ConsumerRecord) -> None:
-        async with self._slots:
-            metrics.IN_FLIGHT.labels(self.stage.name).inc()
-            try:
-                await self._handle_record(record)
-            finally:
-                metrics.IN_FLIGHT.labels(self.stage.name).dec()
+        key = record.key or b""
+        lock, users = self._job_locks.get(key, (asyncio.Lock(), 0))
+        self._job_locks[key] = (lock, users + 1)
+        try:
+            async with lock, self._slots:
+                metrics.IN_FLIGHT.labels(self.stage.name).inc()
+                try:
+                    await self._handle_record(record)
+                finally:
+                    metrics.IN_FLIGHT.labels(self.stage.name).dec()
+        finally:
+            lock, users = self._job_locks[key]
+            if users == 1:
+                del self._job_locks[key]
+            else:
+                self._job_locks[key] = (lock, users - 1)
 
     async def _handle_record(self, record: ConsumerRecord) -> None:
         """Handle one record to a durable outcome: output produced, skipped, or dead-lettered."""

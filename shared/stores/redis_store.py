@@ -1,0 +1,160 @@
+"""Redis job store: the backend for several gateway replicas and worker pods sharing one status view.
+
+Each job is one hash under `<prefix><job_id>`:
+
+- `record`: the JobRecord as JSON, rewritten by optimistic transactions (WATCH/MULTI/EXEC) so that
+  concurrent writers never lose each other's changes; the transitions themselves come from
+  `conveyor.stores.records`, shared with the SQLite backend so both agree exactly.
+- `notified_at`: the one-time notification claim, taken with HSETNX (SET NX semantics) by a small
+  Lua script that also refuses to claim a job that does not exist.
+
+With `ttl_seconds`, every write (re)sets the key's expiry, so a job disappears that long after its
+last change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import WatchError
+
+from conveyor.errors import TransientError
+from conveyor.events import utcnow
+from conveyor.stores import records
+from conveyor.stores.base import JobRecord, JobStore, StageState
+
+DEFAULT_PREFIX = "conveyor:job:"
+RECORD_FIELD = "record"
+NOTIFIED_FIELD = "notified_at"
+
+# KEYS[1] = job key; ARGV[1] = claim timestamp; ARGV[2] = ttl seconds (0 = none).
+_CLAIM_NOTIFICATION = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return 0
+end
+local claimed = redis.call('HSETNX', KEYS[1], 'notified_at', ARGV[1])
+if claimed == 1 and tonumber(ARGV[2]) > 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+end
+return claimed
+"""
+
+
+class RedisJobStore(JobStore):
+    """Job status in Redis; safe for any number of processes and pods."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        ttl_seconds: int | None = None,
+        max_transaction_attempts: int = 200,
+        client: Redis | None = None,
+    ) -> None:
+        if ttl_seconds is not None and ttl_seconds <= 0:
+            raise ValueError("ttl_seconds must be a positive number of seconds, or None for no expiry")
+        if max_transaction_attempts < 1:
+            raise ValueError("max_transaction_attempts must be at least 1")
+        self.prefix = prefix
+        self.ttl_seconds = ttl_seconds
+        self.max_transaction_attempts = max_transaction_attempts
+        self._redis: Redis = client or Redis.from_url(url, decode_responses=True)
+        self._claim = self._redis.register_script(_CLAIM_NOTIFICATION)
+
+    def key(self, job_id: str) -> str:
+        return f"{self.prefix}{job_id}"
+
+    async def create(self, record: JobRecord) -> None:
+        """Store a new job; a second create of the same id (a redelivery) changes nothing."""
+        key = self.key(record.job_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(key, RECORD_FIELD, _dump(record))
+            if record.notified_at is not None:
+                pipe.hsetnx(key, NOTIFIED_FIELD, record.notified_at.isoformat())
+            if self.ttl_seconds:
+                pipe.expire(key, self.ttl_seconds)
+            await pipe.execute()
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        fields = await self._redis.hgetall(self.key(job_id))
+        return _load(fields)
+
+    async def update_stage(
+        self, job_id: str, stage: str, state: StageState, *, attempts: int = 0, error: str | None = None
+    ) -> None:
+        await self._transform(
+            job_id, lambda r: records.with_stage(r, stage, state, attempts=attempts, error=error)
+        )
+
+    async def complete(self, job_id: str, *, summary: str, meta: dict[str, Any] | None = None) -> None:
+        await self._transform(job_id, lambda r: records.completed(r, summary=summary, meta=meta))
+
+    async def mark_notified(self, job_id: str) -> bool:
+        """Claim the job's one notification: True for the first caller only, False for unknown jobs."""
+        claimed = await self._claim(
+            keys=[self.key(job_id)], args=[utcnow().isoformat(), self.ttl_seconds or 0]
+        )
+        return bool(int(claimed))
+
+    async def ping(self) -> bool:
+        return bool(await self._redis.ping())
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def _transform(self, job_id: str, change: Callable[[JobRecord], JobRecord]) -> bool:
+        """Read-modify-write the record under WATCH; retried when another writer got in between.
+
+        Returns False when the job does not exist (nothing is written then).
+        """
+        key = self.key(job_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for attempt in range(self.max_transaction_attempts):
+                try:
+                    await pipe.watch(key)
+                    fields = await pipe.hgetall(key)
+                    current = _load(fields)
+                    if current is None:
+                        await pipe.unwatch()
+                        return False
+                    updated = change(current)
+                    if updated is current:  # nothing changes (e.g. a redelivery to a finished stage)
+                        await pipe.unwatch()
+                        return True
+                    pipe.multi()
+                    pipe.hset(key, RECORD_FIELD, _dump(updated))
+                    if self.ttl_seconds:
+                        pipe.expire(key, self.ttl_seconds)
+                    await pipe.execute()
+                    return True
+                except WatchError:
+                    # Another writer changed the job first: read it again. The short, growing,
+                    # jittered pause keeps many contenders from colliding in lockstep.
+                    await asyncio.sleep(random.uniform(0, 0.001 * min(attempt + 1, 20)))
+                finally:
+                    await pipe.reset()
+        raise TransientError(
+            f"job {job_id}: gave up after {self.max_transaction_attempts} conflicting concurrent updates"
+        )
+
+
+def _dump(record: JobRecord) -> str:
+    # The notification claim lives in its own field; the JSON never carries it.
+    return record.model_copy(update={"notified_at": None}).model_dump_json()
+
+
+def _load(fields: dict[str, str]) -> JobRecord | None:
+    raw = fields.get(RECORD_FIELD)
+    if raw is None:
+        return None
+    record = JobRecord.model_validate_json(raw)
+    notified = fields.get(NOTIFIED_FIELD)
+    if notified:
+        record = record.model_copy(update={"notified_at": datetime.fromisoformat(notified)})
+    return record

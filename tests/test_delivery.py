@@ -1,0 +1,156 @@
+"""Delivery guarantees with real processes: dead letters, replay, partition sharing, crash recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from conveyor.cli.kafka_commands import read_dead_letters
+from conveyor.kafka.clients import make_producer
+from conveyor.kafka.embedded import free_port
+from conveyor.settings import Settings
+from conveyor.topics import input_topic
+from documents import english_text
+from pipeline_harness import Pipeline
+from webhook_receiver import WebhookReceiver
+
+pytestmark = pytest.mark.slow
+SECRET = "test-secret"
+
+
+def pipeline_settings(pipeline: Pipeline) -> Settings:
+    return Settings(bootstrap_servers=pipeline.bootstrap, topic_prefix=pipeline.prefix, home=pipeline.home)
+
+
+def run_cli(pipeline: Pipeline, *args: str) -> str:
+    result = subprocess.run([sys.executable, "-m", "conveyor.cli.main", *args], env=pipeline.env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.fixture
+def receiver():
+    with WebhookReceiver(SECRET) as running:
+        yield running
+
+
+@pytest.fixture
+def pipeline(broker: str, tmp_path):
+    running = Pipeline(broker, tmp_path, extra_env={
+        "CONVEYOR_WEBHOOK_ALLOW_PRIVATE": "true", "CONVEYOR_WEBHOOK_SECRET": SECRET, "CONVEYOR_MAX_ATTEMPTS": "3",
+    })
+    yield running
+    running.stop_all()
+
+
+def test_garbage_bytes_go_to_the_dlq_and_the_worker_keeps_going(pipeline: Pipeline) -> None:
+    pipeline.start_all()
+    settings = pipeline_settings(pipeline)
+
+    async def produce_garbage() -> None:
+        producer = make_producer(settings)
+        await producer.start()
+        for garbage in (b"\x00\xff\xfe garbage", b'{"json": "but not an event"}', b""):
+            await producer.send_and_wait(input_topic("extractor", pipeline.prefix), garbage)
+        await producer.stop()
+
+    asyncio.run(produce_garbage())
+    job_id = pipeline.submit(english_text(seed=5))
+
+    pipeline.wait_for([job_id])
+    letters = asyncio.run(read_dead_letters(settings, "extractor"))
+    assert len(letters) == 3
+    assert {l.error_type for l in letters} == {"ValidationError"}
+    assert letters[0].original() == b"\x00\xff\xfe garbage"
+    assert pipeline.processes["extractor-1"].poll() is None
+
+
+def test_failing_webhook_ends_in_the_dlq_and_replay_delivers_it(pipeline: Pipeline, receiver: WebhookReceiver) -> None:
+    pipeline.start_all()
+    receiver.failing = True
+    job_id = pipeline.submit(english_text(seed=6), callback_url=receiver.url)
+
+    job = pipeline.wait_for([job_id], states=("failed",))[job_id]
+    assert job["stages"]["notifier"]["state"] == "failed"
+    assert job["stages"]["notifier"]["attempts"] == 3
+    assert "503" in job["error"]
+    assert receiver.attempts == 3
+    assert "TransientError" in run_cli(pipeline, "dlq", "list", "notifier")
+
+    receiver.failing = False
+    assert "replayed 1 record" in run_cli(pipeline, "dlq", "replay", "notifier")
+
+    pipeline.wait_for([job_id])
+    deadline = time.monotonic() + 30
+    while not pipeline.job(job_id)["notified_at"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert receiver.deliveries == {job_id: 1}
+    assert receiver.bad_signatures == 0
+
+
+def test_two_extractors_share_the_partitions(pipeline: Pipeline) -> None:
+    pipeline.start_gateway()
+    ports = [free_port(), free_port()]
+    for index, port in enumerate(ports, start=1):
+        pipeline.start_worker("extractor", index, env={"CONVEYOR_METRICS_PORT": str(port)})
+    pipeline.start_worker("summarizer")
+    pipeline.start_worker("notifier")
+    time.sleep(8)  # both extractors join before work arrives
+
+    jobs = [pipeline.submit(english_text(seed=100 + i, sentences=6)) for i in range(40)]
+    pipeline.wait_for(jobs)
+
+    consumed = []
+    for port in ports:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics").text
+        line = next(l for l in text.splitlines() if l.startswith('conveyor_events_consumed_total{stage="extractor"}'))
+        consumed.append(float(line.split()[-1]))
+    assert all(count > 0 for count in consumed), consumed
+    assert sum(consumed) >= 40
+
+
+def test_sigkilled_worker_loses_nothing_and_callbacks_fire_once(pipeline: Pipeline, receiver: WebhookReceiver) -> None:
+    pipeline.start_all()
+    total = 500
+    jobs = [pipeline.submit(english_text(seed=i, sentences=8), callback_url=receiver.url) for i in range(total)]
+
+    # Kill the summarizer and the notifier while work is in flight, then bring them back.
+    deadline = time.monotonic() + 60
+    while sum(receiver.deliveries.values()) < 50 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    pipeline.stop("summarizer-1", signal.SIGKILL)
+    pipeline.stop("notifier-1", signal.SIGKILL)
+    delivered_before_restart = sum(receiver.deliveries.values())
+    pipeline.start_worker("summarizer", 2)
+    pipeline.start_worker("notifier", 2)
+
+    done = pipeline.wait_for(jobs, timeout=300)
+    deadline = time.monotonic() + 30
+    while len(receiver.deliveries) < total and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+    assert delivered_before_restart < total
+    assert len(done) == total
+    assert len(receiver.deliveries) == total
+    assert set(receiver.deliveries.values()) == {1}, receiver.deliveries.most_common(3)
+    assert receiver.bad_signatures == 0
+
+
+def test_sigterm_commits_and_leaves_cleanly(pipeline: Pipeline) -> None:
+    pipeline.start_all()
+    jobs = [pipeline.submit(english_text(seed=300 + i, sentences=6)) for i in range(30)]
+    time.sleep(1)
+
+    assert pipeline.stop("extractor-1", signal.SIGTERM, timeout=30) == 0
+    pipeline.start_worker("extractor", 2)
+
+    pipeline.wait_for(jobs)
+    lag = run_cli(pipeline, "lag")
+    assert "total lag: 0" in lag

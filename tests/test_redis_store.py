@@ -1,0 +1,271 @@
+"""RedisJobStore against a real redis-server (Debian's), started on a free port for this module."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from redis import Redis as SyncRedis
+
+from conveyor.errors import TransientError
+from conveyor.stores.base import JobRecord, JobState, StageState
+from conveyor.stores.redis_store import RedisJobStore
+
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throwaway redis-server with persistence off; yields its URL."""
+    if not shutil.which(REDIS_SERVER):
+        pytest.skip("redis-server is not installed (Debian package redis-server)")
+    port = _free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = SyncRedis.from_url(url)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except Exception:  # noqa: BLE001 - not listening yet
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start on port {port}") from None
+                time.sleep(0.05)
+        yield url
+    finally:
+        client.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[RedisJobStore]:
+    """A store with a prefix of its own, so tests never see each other's keys."""
+    s = RedisJobStore(redis_url, prefix=f"test:{uuid.uuid4().hex[:8]}:job:")
+    yield s
+    await s.close()
+
+
+def _record(job_id: str | None = None, **fields: object) -> JobRecord:
+    return JobRecord(job_id=job_id or uuid.uuid4().hex, user_id="u1", **fields)
+
+
+async def test_create_get_roundtrip(store: RedisJobStore) -> None:
+    record = _record(callback_url="https://example.com/hook", meta={"size": 12, "tags": []})
+    await store.create(record)
+    loaded = await store.get(record.job_id)
+    assert loaded == record
+    assert await store.get("no-such-job") is None
+
+
+async def test_create_is_idempotent(store: RedisJobStore) -> None:
+    record = _record()
+    await store.create(record)
+    await store.update_stage(record.job_id, "extractor", StageState.running, attempts=1)
+    await store.create(record)  # a redelivered submission must not reset progress
+    loaded = await store.get(record.job_id)
+    assert loaded is not None and loaded.stages["extractor"].state == StageState.running
+
+
+async def test_update_stage_transitions(store: RedisJobStore) -> None:
+    record = _record()
+    await store.create(record)
+
+    await store.update_stage(record.job_id, "extractor", StageState.running, attempts=1)
+    loaded = await store.get(record.job_id)
+    assert loaded is not None
+    assert loaded.state == JobState.running
+    assert loaded.stages["extractor"].attempts == 1
+
+    await store.update_stage(record.job_id, "extractor", StageState.done, attempts=1)
+    # A redelivered event must not move a finished stage backwards.
+    await store.update_stage(record.job_id, "extractor", StageState.running, attempts=2)
+    loaded = await store.get(record.job_id)
+    assert loaded is not None and loaded.stages["extractor"].state == StageState.done
+
+    await store.update_stage(record.job_id, "summarizer", StageState.failed, attempts=5, error="boom")
+    loaded = await store.get(record.job_id)
+    assert loaded is not None
+    assert loaded.state == JobState.failed
+    assert loaded.error == "summarizer: boom"
+    assert loaded.stages["summarizer"].error == "boom"
+
+    # Replaying the dead letter brings the job back to life.
+    await store.update_stage(record.job_id, "summarizer", StageState.running, attempts=6)
+    loaded = await store.get(record.job_id)
+    assert loaded is not None and loaded.state == JobState.running and loaded.error is None
+
+
+async def test_update_stage_is_idempotent(store: RedisJobStore) -> None:
+    record = _record()
+    await store.create(record)
+    for _ in range(3):
+        await store.update_stage(record.job_id, "extractor", StageState.running, attempts=2)
+    loaded = await store.get(record.job_id)
+    assert loaded is not None
+    assert loaded.state == JobState.running
+    assert loaded.stages == {"extractor": loaded.stages["extractor"]}
+    assert loaded.stages["extractor"].attempts == 2
+
+
+async def test_writes_to_unknown_jobs_create_nothing(store: RedisJobStore, redis_url: str) -> None:
+    await store.update_stage("ghost", "extractor", StageState.running, attempts=1)
+    await store.complete("ghost", summary="nothing")
+    assert await store.mark_notified("ghost") is False
+    assert await store.get("ghost") is None
+    assert SyncRedis.from_url(redis_url).exists(store.key("ghost")) == 0
+
+
+async def test_complete(store: RedisJobStore) -> None:
+    record = _record(meta={"kind": "html"})
+    await store.create(record)
+    await store.update_stage(record.job_id, "summarizer", StageState.done, attempts=1)
+    await store.complete(record.job_id, summary="Short.", meta={"backend": "textrank"})
+    loaded = await store.get(record.job_id)
+    assert loaded is not None
+    assert loaded.state == JobState.completed
+    assert loaded.summary == "Short."
+    assert loaded.meta == {"kind": "html", "backend": "textrank"}
+    assert loaded.error is None
+
+
+async def test_mark_notified_only_once(store: RedisJobStore) -> None:
+    record = _record()
+    await store.create(record)
+    assert await store.mark_notified(record.job_id) is True
+    assert await store.mark_notified(record.job_id) is False
+    loaded = await store.get(record.job_id)
+    assert loaded is not None and loaded.notified_at is not None
+    first = loaded.notified_at
+    # Later writes keep the claim.
+    await store.complete(record.job_id, summary="s")
+    loaded = await store.get(record.job_id)
+    assert loaded is not None and loaded.notified_at == first
+
+
+async def test_mark_notified_concurrently_has_one_winner(store: RedisJobStore) -> None:
+    record = _record()
+    await store.create(record)
+    results = await asyncio.gather(*(store.mark_notified(record.job_id) for _ in range(50)))
+    assert results.count(True) == 1
+
+
+async def test_concurrent_update_stage_loses_nothing(store: RedisJobStore) -> None:
+    """50 writers at once: every stage they wrote is there, the record is whole and consistent."""
+    record = _record()
+    await store.create(record)
+    names = [f"stage-{i}" for i in range(50)]
+    await asyncio.gather(*(
+        store.update_stage(record.job_id, name, StageState.running, attempts=i + 1)
+        for i, name in enumerate(names)
+    ))
+    loaded = await store.get(record.job_id)
+    assert loaded is not None
+    assert sorted(loaded.stages) == sorted(names)
+    assert all(loaded.stages[n].attempts == i + 1 for i, n in enumerate(names))
+    assert loaded.state == JobState.running
+
+
+async def test_concurrent_attempts_on_one_stage_keep_the_highest(store: RedisJobStore) -> None:
+    record = _record()
+    await store.create(record)
+    await asyncio.gather(*(
+        store.update_stage(record.job_id, "extractor", StageState.running, attempts=n) for n in range(1, 51)
+    ))
+    loaded = await store.get(record.job_id)
+    assert loaded is not None
+    assert loaded.stages["extractor"].attempts == 50
+    assert loaded.stages["extractor"].state == StageState.running
+
+
+async def test_ttl_applies_on_every_write(redis_url: str) -> None:
+    store = RedisJobStore(redis_url, prefix=f"ttl:{uuid.uuid4().hex[:8]}:", ttl_seconds=100)
+    sync = SyncRedis.from_url(redis_url)
+    try:
+        record = _record()
+        await store.create(record)
+        key = store.key(record.job_id)
+        assert 0 < sync.ttl(key) <= 100
+        sync.expire(key, 5)
+        await store.update_stage(record.job_id, "extractor", StageState.running, attempts=1)
+        assert sync.ttl(key) > 5  # refreshed by the write
+        sync.expire(key, 5)
+        assert await store.mark_notified(record.job_id) is True
+        assert sync.ttl(key) > 5
+    finally:
+        sync.close()
+        await store.close()
+
+
+async def test_keys_carry_the_prefix(store: RedisJobStore, redis_url: str) -> None:
+    record = _record(job_id="abc")
+    await store.create(record)
+    sync = SyncRedis.from_url(redis_url, decode_responses=True)
+    try:
+        keys = sync.keys(f"{store.prefix}*")
+        assert keys == [f"{store.prefix}abc"]
+        assert sync.ttl(keys[0]) == -1  # no TTL unless asked for
+    finally:
+        sync.close()
+
+
+async def test_gives_up_after_too_many_conflicts(redis_url: str) -> None:
+    store = RedisJobStore(redis_url, prefix=f"giveup:{uuid.uuid4().hex[:8]}:", max_transaction_attempts=1)
+    sync = SyncRedis.from_url(redis_url)
+    try:
+        record = _record()
+        await store.create(record)
+        original = store._redis.pipeline
+
+        def racing_pipeline(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+            pipe = original(*args, **kwargs)
+            hgetall = pipe.hgetall
+
+            async def hgetall_then_interfere(key: str):  # type: ignore[no-untyped-def]
+                fields = await hgetall(key)
+                sync.hset(key, "interference", "1")  # another writer between WATCH and EXEC
+                return fields
+
+            pipe.hgetall = hgetall_then_interfere  # type: ignore[method-assign]
+            return pipe
+
+        store._redis.pipeline = racing_pipeline  # type: ignore[method-assign]
+        with pytest.raises(TransientError):
+            await store.update_stage(record.job_id, "extractor", StageState.running, attempts=1)
+    finally:
+        sync.close()
+        await store.close()
+
+
+async def test_ping(store: RedisJobStore) -> None:
+    assert await store.ping() is True
+
+
+def test_rejects_bad_options() -> None:
+    with pytest.raises(ValueError):
+        RedisJobStore("redis://127.0.0.1:1/0", ttl_seconds=0)
+    with pytest.raises(ValueError):
+        RedisJobStore("redis://127.0.0.1:1/0", max_transaction_attempts=0)
