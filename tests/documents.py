@@ -34,3 +34,26 @@ def pdf_bytes(text: str) -> bytes:
             y = 800
     pdf.save()
     return buffer.getvalue()
+
+
+def large_pdf_bytes(text: str, *, megabytes: int) -> bytes:
+    """A PDF of about `megabytes` MB: an incompressible noise image plus a text layer of `text`."""
+    import os
+
+    from PIL import Image
+    from reportlab.lib.pagesizes import A4
+    from reportlab.lib.utils import ImageReader
+    from reportlab.pdfgen import canvas
+
+    side = int((megabytes * 1024 * 1024 / 3) ** 0.5)
+    noise = Image.frombytes("RGB", (side, side), os.urandom(side * side * 3))
+    buffer = io.BytesIO()
+    pdf = canvas.Canvas(buffer, pagesize=A4)
+    y = 800
+    for sentence in text.split(". "):
+        pdf.drawString(40, y, sentence.strip().rstrip(".") + ".")
+        y -= 16
+    pdf.showPage()
+    pdf.drawImage(ImageReader(noise), 0, 0, width=500, height=500)
+    pdf.save()
+    return buffer.getvalue()

@@ -7,6 +7,7 @@ because retrying the same bytes cannot succeed.
 
 from __future__ import annotations
 
+import codecs
 import io
 import re
 import unicodedata
@@ -71,21 +72,26 @@ _UNSUPPORTED_MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"GIF89a", "GIF image"),
     (b"II*\x00", "TIFF image"),
     (b"MM\x00*", "TIFF image"),
-    (b"BM", "BMP image"),
     (b"\x1f\x8b", "gzip archive"),
-    (b"BZh", "bzip2 archive"),
     (b"\xfd7zXZ\x00", "xz archive"),
     (b"7z\xbc\xaf\x27\x1c", "7z archive"),
     (b"Rar!\x1a\x07", "RAR archive"),
     (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1", "legacy Microsoft Office (OLE2) file"),
     (b"\x7fELF", "ELF executable"),
-    (b"MZ", "Windows executable"),
-    (b"ID3", "MP3 audio"),
     (b"OggS", "Ogg media"),
     (b"fLaC", "FLAC audio"),
     (b"\x1aE\xdf\xa3", "Matroska/WebM video"),
     (b"wOFF", "WOFF font"),
     (b"SQLite format 3\x00", "SQLite database"),
+)
+
+# Magic numbers short enough to start ordinary text ("BMW sales...", "ID3 tags..."): they count
+# only when the header also holds a NUL byte, which text never does.
+_SHORT_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"BM", "BMP image"),
+    (b"MZ", "Windows executable"),
+    (b"ID3", "MP3 audio"),
+    (b"BZh", "bzip2 archive"),
 )
 
 _HTML_MARKERS = re.compile(rb"<!doctype\s+html|<html[\s>]|<head[\s>]|<body[\s>]|<meta\s[^>]*charset", re.I)
@@ -106,6 +112,9 @@ def _sniff(data: bytes) -> Kind | None:
         return _sniff_zip(data)
     for magic, name in _UNSUPPORTED_MAGIC:
         if data.startswith(magic):
+            raise PermanentError(f"unsupported document type: {name}")
+    for magic, name in _SHORT_MAGIC:
+        if data.startswith(magic) and b"\x00" in data[:64]:
             raise PermanentError(f"unsupported document type: {name}")
     if data[8:12] in (b"WEBP", b"AVI ", b"WAVE") and data.startswith(b"RIFF"):
         raise PermanentError(f"unsupported document type: RIFF {data[8:12].decode().strip()} media")
@@ -239,8 +248,9 @@ _LATIN1_LABELS = frozenset({"iso-8859-1", "iso8859-1", "latin-1", "latin1", "l1"
 
 
 def _html(data: bytes, declared_charset: str | None) -> tuple[str, dict[str, Any]]:
+    # Same precedence as browsers: byte order mark, then the HTTP charset, then <meta charset>.
     meta_charset = _META_CHARSET.search(data[:_SNIFF_BYTES])
-    hint = meta_charset.group(1).decode("ascii", "ignore") if meta_charset else declared_charset
+    hint = declared_charset or (meta_charset.group(1).decode("ascii", "ignore") if meta_charset else None)
     markup, charset = _decode(data, hint, failure="HTML document does not decode as text in any known charset")
     # lxml rejects str input that carries an encoding declaration; the text is decoded already.
     markup = _XML_DECLARATION.sub("", markup, count=1)
@@ -297,13 +307,16 @@ _PREFERENCE = [
     "gb18030", "big5", "euc_kr", "cp1250", "utf_16", "utf_32",
 ]
 # Results whose "chaos" (mess) is this close to the best one are compared by language coherence.
-_CHAOS_WINDOW = 0.05
+_CHAOS_WINDOW = 0.1
+_BOMS = (codecs.BOM_UTF8, codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 _MAX_CONTROL_RATIO = 0.01
 _ALLOWED_CONTROLS = frozenset("\t\n\r\f\v")
 
 
 def _decode(data: bytes, hint: str | None, *, failure: str) -> tuple[str, str]:
     """Decode bytes as text in the declared, UTF-8 or best-detected charset; raise if binary."""
+    if data.startswith(_BOMS):
+        hint = None  # a byte order mark is more reliable than any declaration
     text, charset = _decode_declared(data, hint) or _decode_utf8(data) or _detect(data, failure)
     controls = sum(1 for ch in text if unicodedata.category(ch) == "Cc" and ch not in _ALLOWED_CONTROLS)
     if controls > _MAX_CONTROL_RATIO * len(text):

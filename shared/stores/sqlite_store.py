@@ -24,6 +24,8 @@ class SqliteJobStore(JobStore):
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(_SCHEMA)
         self._lock = threading.Lock()
+        self._pending: list[tuple[str, str, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     async def _run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         def locked() -> Any:
@@ -33,8 +35,30 @@ class SqliteJobStore(JobStore):
         return await asyncio.to_thread(locked)
 
     async def create(self, record: JobRecord) -> None:
-        await self._run(lambda db: db.execute(
-            "INSERT OR IGNORE INTO jobs VALUES (?, ?)", (record.job_id, record.model_dump_json())))
+        """Group commit: inserts that arrive together share one transaction."""
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((record.job_id, record.model_dump_json(), done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_inserts())
+        await done
+
+    async def _flush_inserts(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+
+            def insert(db: sqlite3.Connection) -> None:
+                with db:  # one transaction for the whole batch
+                    db.execute("BEGIN")
+                    db.executemany("INSERT OR IGNORE INTO jobs VALUES (?, ?)", [(j, r) for j, r, _ in batch])
+
+            try:
+                await self._run(insert)
+            except Exception as exc:  # noqa: BLE001 - handed to every waiting caller
+                for *_, done in batch:
+                    done.set_exception(exc)
+            else:
+                for *_, done in batch:
+                    done.set_result(None)
 
     async def get(self, job_id: str) -> JobRecord | None:
         row = await self._run(lambda db: db.execute(

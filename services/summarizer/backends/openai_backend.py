@@ -23,10 +23,11 @@ from conveyor.settings import Settings
 
 from .base import Summary, SummarizerBackend
 
-# Used until Settings grows fields for them (read with getattr so the backend picks them up).
+# Circuit breaker defaults; Settings fields `openai_circuit_failures` and
+# `openai_circuit_open_seconds` take precedence when they are defined.
 DEFAULT_CIRCUIT_FAILURES = 5
 DEFAULT_CIRCUIT_OPEN_SECONDS = 30.0
-# Room for a few sentences of output per requested sentence; the model stops earlier on its own.
+# Output budget per requested sentence: generous, since the model stops on its own when done.
 TOKENS_PER_SENTENCE = 80
 
 SYSTEM_PROMPT = (
@@ -110,7 +111,7 @@ class OpenAIBackend(SummarizerBackend):
             failures=getattr(settings, "openai_circuit_failures", DEFAULT_CIRCUIT_FAILURES),
             open_seconds=getattr(settings, "openai_circuit_open_seconds", DEFAULT_CIRCUIT_OPEN_SECONDS),
         )
-        self._splitter = punkt.tokenizer_for("english", line_breaks="paragraph")
+        self._splitter = punkt.tokenizer_for("english", line_breaks="paragraph", prefixes=True)
 
     async def summarize(self, text: str, *, sentences: int) -> Summary:
         prompt, truncated = _truncate(text, self._max_input_chars)

@@ -50,8 +50,9 @@ class PunktTokenizer(Tokenizer):
         # Tokenizer.__init__ would load NLTK's punkt_tab files, which are not installed and must
         # never be downloaded; set up the same attributes from offline sources instead.
         self._language = language
-        # A blank line always ends a sentence: headings and list items have no final period.
-        self._sentence_tokenizer = punkt.tokenizer_for(language, line_breaks="paragraph")
+        # A blank line always ends a sentence: headings and list items have no final period. The
+        # curated prefixes keep "e.g.", "i.e.", "No. 5" inside their sentence.
+        self._sentence_tokenizer = punkt.tokenizer_for(language, line_breaks="paragraph", prefixes=True)
         # nltk.word_tokenize would split sentences with NLTK's Punkt data first; the Treebank
         # tokenizer underneath it is pure regular expressions.
         self._word_tokenizer = NLTKWordTokenizer()
@@ -120,6 +121,7 @@ class TextRankBackend(SummarizerBackend):
         self._processes = settings.textrank_processes or os.cpu_count() or 1
         self._max_sentences = settings.textrank_max_sentences
         self._executor: ProcessPoolExecutor | None = None
+        self._closed = False
 
     async def summarize(self, text: str, *, sentences: int) -> Summary:
         started = time.perf_counter()
@@ -132,6 +134,7 @@ class TextRankBackend(SummarizerBackend):
             LLM_LATENCY.labels(backend=self.name, outcome=outcome).observe(time.perf_counter() - started)
 
     async def close(self) -> None:
+        self._closed = True
         executor, self._executor = self._executor, None
         if executor is not None:
             await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
@@ -177,6 +180,9 @@ class TextRankBackend(SummarizerBackend):
             raise TransientError("TextRank worker process died") from exc
 
     def _pool(self) -> ProcessPoolExecutor:
+        if self._closed:
+            # Records still in flight during shutdown are redelivered rather than leak a new pool.
+            raise TransientError("TextRank backend is shutting down")
         if self._executor is None:
             # "spawn", not fork: forking a process that runs an event loop and threads can copy
             # held locks into the child and deadlock it.

@@ -1,0 +1,121 @@
+"""kopf handlers for Pipeline resources, registered on a registry of their own by `build_registry`.
+
+- create / update / resume: reconcile at once; an invalid spec sets the Invalid phase and a condition
+  naming the field, then stops (kopf.PermanentError: no retry until the spec changes).
+- timer (CONVEYOR_OPERATOR_RECONCILE_SECONDS): the same reconcile, level-based, so drift is repaired
+  and status (readiness, exact lag) stays fresh; it never raises on an invalid spec.
+- delete: a finalizer that deletes or keeps the topics per spec.deleteTopicsOnDelete.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from conveyor.operator import metrics
+from conveyor.operator.builders import GROUP, PLURAL, VERSION
+from conveyor.operator.kube import KubeClient
+from conveyor.operator.reconciling import KAFKA_FAILURES, Runtime, finalize, reconcile
+from conveyor.operator.spec import SpecError
+from conveyor.operator.status import changed_fields, invalid_status
+
+FINALIZER = "conveyor.dev/topics"
+DELETE_RETRIES = 10
+
+Logger = logging.Logger | logging.LoggerAdapter
+
+
+def _write_status(patch: kopf.Patch, body: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+    """Put only what changed into the status patch, so an unchanged pipeline gets no write."""
+    changes = changed_fields(body.get("status"), status)
+    if changes:
+        patch.setdefault("status", {}).update(changes)
+
+
+async def ensure_pipeline(runtime: Runtime, *, trigger: str, body: kopf.Body, patch: kopf.Patch,
+                          logger: Logger) -> None:
+    """Reconcile now; raise kopf.PermanentError for a spec that cannot be applied."""
+    started = time.monotonic()
+    generation = body.get("metadata", {}).get("generation")
+    try:
+        result = await reconcile(runtime, body, logger)
+    except SpecError as exc:
+        metrics.RECONCILES.labels(trigger, "invalid").inc()
+        _write_status(patch, body, invalid_status(generation=generation, message=str(exc),
+                                                  previous=body.get("status")))
+        if trigger == "timer":
+            return  # already reported; retrying cannot help until the spec changes
+        raise kopf.PermanentError(f"invalid Pipeline spec: {exc}") from None
+    except Exception:
+        metrics.RECONCILES.labels(trigger, "error").inc()
+        raise
+    finally:
+        metrics.RECONCILE_SECONDS.labels(trigger).observe(time.monotonic() - started)
+    metrics.RECONCILES.labels(trigger, "ok").inc()
+    for child, action in result.actions.items():
+        logger.info("%s %s", action, child)
+    _write_status(patch, body, result.status)
+
+
+async def delete_pipeline(runtime: Runtime, *, body: kopf.Body, logger: Logger) -> None:
+    try:
+        for line in await finalize(runtime, body, logger):
+            logger.info("%s", line)
+    except SpecError as exc:
+        metrics.RECONCILES.labels("delete", "invalid").inc()
+        raise kopf.PermanentError(f"topics not deleted, the spec does not name them: {exc}") from None
+    except KAFKA_FAILURES as exc:
+        metrics.RECONCILES.labels("delete", "error").inc()
+        raise kopf.TemporaryError(f"deleting topics failed ({type(exc).__name__}: {exc}); retrying",
+                                  delay=runtime.config.retry_seconds) from None
+    metrics.RECONCILES.labels("delete", "ok").inc()
+
+
+def login(runtime: Runtime, /, **kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In-cluster service account first, then KUBECONFIG; the API client shares the credentials."""
+    def find() -> kopf.ConnectionInfo | None:
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+    info = find()
+    if info is not None and runtime.kube is None:
+        runtime.kube = KubeClient(info, relogin=find)
+    return info
+
+
+def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
+    """A registry with every handler bound to `runtime` (settings, Kafka side, API client)."""
+    registry = kopf.OperatorRegistry()
+    pipelines: dict[str, Any] = {"group": GROUP, "version": VERSION, "plural": PLURAL, "registry": registry}
+    retry = runtime.config.retry_seconds
+
+    @kopf.on.login(registry=registry)
+    def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return login(runtime, **kwargs)
+
+    @kopf.on.cleanup(registry=registry)
+    async def _cleanup(**_: Any) -> None:
+        if runtime.kube is not None:
+            await runtime.kube.aclose()
+            runtime.kube = None
+
+    for reason, decorator in (("create", kopf.on.create), ("update", kopf.on.update), ("resume", kopf.on.resume)):
+        def bind(trigger: str) -> Any:
+            async def handler(body: kopf.Body, patch: kopf.Patch, logger: Logger, **_: Any) -> None:
+                await ensure_pipeline(runtime, trigger=trigger, body=body, patch=patch, logger=logger)
+            return handler
+        decorator(**pipelines, id=f"ensure-on-{reason}", backoff=retry)(bind(reason))
+
+    @kopf.timer(**pipelines, id="reconcile", interval=runtime.config.reconcile_seconds,
+                initial_delay=runtime.config.reconcile_seconds, backoff=runtime.config.reconcile_seconds)
+    async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: Logger, **_: Any) -> None:
+        await ensure_pipeline(runtime, trigger="timer", body=body, patch=patch, logger=logger)
+
+    @kopf.on.delete(**pipelines, id="finalize", backoff=retry, retries=DELETE_RETRIES)
+    async def _finalize(body: kopf.Body, logger: Logger, **_: Any) -> None:
+        await delete_pipeline(runtime, body=body, logger=logger)
+
+    return registry

@@ -1,0 +1,360 @@
+"""The real operator (kopf, in the test's event loop) against kmock, a Kubernetes API emulator.
+
+kmock stores objects and streams watch events but does nothing else, so the tests add what an API
+server does (uid, resourceVersion, generation) and play the Deployment controller themselves when
+readiness matters. Kafka is a recording fake here; tests/test_operator_kafka.py covers the real one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import kmock
+import pytest
+import yaml
+
+from conveyor.operator.config import OperatorConfig
+from conveyor.operator.kafka_admin import TopicReport, TopicRequest
+from conveyor.operator.main import serve
+from conveyor.operator.reconciling import Runtime
+from conveyor.operator.spec import KafkaSpec
+
+pytestmark = pytest.mark.timeout(30)
+
+NS = "media"
+PIPELINES = "conveyor.dev/v1alpha1/pipelines"
+DEPLOYMENTS = "apps/v1/deployments"
+SCALED_OBJECTS = "keda.sh/v1alpha1/scaledobjects"
+TOPICS = "cluster.redpanda.com/v1alpha2/topics"
+TICK = 0.3  # the reconcile timer's interval in these tests
+_versions = itertools.count(1)
+
+
+def _merged(base: Any, patch: Any) -> Any:
+    if not isinstance(base, Mapping) or not isinstance(patch, Mapping):
+        return patch
+    result = dict(base)
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = _merged(base.get(key), value)
+    return result
+
+
+class Cluster(kmock.KubernetesEmulator):
+    """kmock plus the metadata an API server maintains: uid, creationTimestamp, resourceVersion, generation."""
+
+    async def _handle(self, request: kmock.Request) -> Any:
+        data = request.data
+        if request.resource is not None and request.action == kmock.action.CREATE and isinstance(data, dict):
+            meta = data.setdefault("metadata", {})
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta.setdefault("creationTimestamp", datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+            meta |= {"generation": 1, "resourceVersion": str(next(_versions))}
+        elif request.resource is not None and request.action == kmock.action.UPDATE and request.name:
+            current = self.current(request.resource, request.namespace, request.name)
+            if current is not None and isinstance(data, dict):
+                meta = data.setdefault("metadata", {})
+                meta["resourceVersion"] = str(next(_versions))
+                spec = data.get("spec") if request.subresource is None else None
+                if spec is not None and _merged(current.get("spec"), spec) != current.get("spec"):
+                    meta["generation"] = current["metadata"].get("generation", 1) + 1
+            elif current is not None and isinstance(data, list):  # a JSON patch (kopf's finalizer edits)
+                data.append({"op": "replace", "path": "/metadata/resourceVersion", "value": str(next(_versions))})
+        return await super()._handle(request)
+
+    def current(self, resource: Any, namespace: str | None, name: str) -> dict[str, Any] | None:
+        key = (resource, namespace, name)
+        if key not in self.objects or self.objects[key].deleted:
+            return None
+        return self.objects[key].raw
+
+    def versions(self, resource: str, name: str) -> int:
+        return len(self.objects[resource, NS, name].history)
+
+    def names(self, resource: str) -> list[str]:
+        return sorted(name for (res, ns, name), obj in self.objects.items()
+                      if res == kmock.resource(resource) and ns == NS and not obj.deleted)
+
+    def writes(self, resource: str, name: str, subresource: str | None = None) -> int:
+        return sum(1 for r in self.requests
+                   if r.resource == kmock.resource(resource) and r.name == name and r.subresource == subresource
+                   and r.action in (kmock.action.UPDATE, kmock.action.CREATE))
+
+
+@dataclass
+class FakeKafka:
+    """Records topic work; answers lag from `lags` ({group: {partition: lag}})."""
+
+    lags: dict[str, dict[int, int]] = field(default_factory=dict)
+    ensured: list[list[TopicRequest]] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+
+    async def ensure_topics(self, kafka: KafkaSpec, topics: list[TopicRequest]) -> TopicReport:
+        self.ensured.append(list(topics))
+        return TopicReport(partitions={t.name: t.partitions for t in topics})
+
+    async def delete_topics(self, kafka: KafkaSpec, names: list[str]) -> list[str]:
+        self.deleted += names
+        return list(names)
+
+    async def lag(self, kafka: KafkaSpec, groups: dict[str, str]) -> dict[str, dict[int, int]]:
+        return {group: self.lags[group] for group in groups if group in self.lags}
+
+
+@dataclass
+class Operator:
+    cluster: Cluster
+    kafka: FakeKafka
+    task: asyncio.Task[None]
+
+    async def apply(self, body: dict[str, Any]) -> dict[str, Any]:
+        response = await self.cluster.post(f"/apis/conveyor.dev/v1alpha1/namespaces/{NS}/pipelines", json=body)
+        assert response.status == 200, await response.text()
+        return await response.json()
+
+    async def patch(self, path: str, patch: dict[str, Any]) -> None:
+        response = await self.cluster.patch(path, json=patch, headers={"Content-Type": "application/merge-patch+json"})
+        assert response.status == 200, await response.text()
+
+    async def delete(self, path: str) -> None:
+        response = await self.cluster.delete(path)
+        assert response.status == 200, await response.text()
+
+    def pipeline(self, name: str) -> dict[str, Any] | None:
+        return self.cluster.current(kmock.resource(PIPELINES), NS, name)
+
+    def get(self, resource: str, name: str) -> dict[str, Any] | None:
+        return self.cluster.current(kmock.resource(resource), NS, name)
+
+
+async def eventually(check: Callable[[], Any], what: str, timeout: float = 8.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            result = check()
+        except (KeyError, TypeError, IndexError):
+            result = None
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def condition(body: Mapping[str, Any] | None, type_: str) -> dict[str, Any]:
+    return next(c for c in (body or {}).get("status", {}).get("conditions", []) if c["type"] == type_)
+
+
+def pipeline(name: str = "docs", *, mode: str = "redpanda", delete_topics: bool = False,
+             stages: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    kafka: dict[str, Any] = {"bootstrapServers": "kafka:9092", "topicPrefix": "conveyor", "mode": mode}
+    if mode == "redpanda":
+        kafka["clusterRef"] = {"name": "redpanda"}
+    return {
+        "apiVersion": "conveyor.dev/v1alpha1", "kind": "Pipeline",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"kafka": kafka, "deleteTopicsOnDelete": delete_topics, "stages": stages or [
+            {"name": "extractor", "image": "conveyor:0.1.0", "partitions": 6, "minReplicas": 0},
+            {"name": "notifier", "image": "conveyor:0.1.0", "partitions": 3, "minReplicas": 1, "maxReplicas": 3},
+        ]},
+    }
+
+
+def path(resource: str, name: str, subresource: str | None = None) -> str:
+    group_version, plural = resource.rsplit("/", 1)
+    root = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+    return f"{root}/namespaces/{NS}/{plural}/{name}" + (f"/{subresource}" if subresource else "")
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Cluster]:
+    async with Cluster() as emulator, kmock.Server(emulator) as server:
+        verbs = {"get", "list", "watch", "create", "update", "patch", "delete"}
+        emulator.resources[PIPELINES] = kmock.ResourceInfo(kind="Pipeline", namespaced=True, verbs=verbs,
+                                                           subresources={"status"}, shortnames={"cpl"})
+        for resource, kind in ((DEPLOYMENTS, "Deployment"), (SCALED_OBJECTS, "ScaledObject"),
+                               (TOPICS, "Topic"), ("v1/events", "Event")):
+            emulator.resources[resource] = kmock.ResourceInfo(kind=kind, namespaced=True, verbs=verbs,
+                                                              subresources={"status"})
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
+            "clusters": [{"name": "kmock", "cluster": {"server": str(server.url).rstrip("/")}}],
+            "users": [{"name": "kmock", "user": {"token": "test-token"}}],
+            "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock", "namespace": NS}}],
+        }))
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+        yield emulator
+
+
+@pytest.fixture
+async def operator(cluster: Cluster) -> AsyncIterator[Operator]:
+    config = OperatorConfig(namespaces=NS, reconcile_seconds=TICK, retry_seconds=TICK,
+                            health_port=0, metrics_port=0)
+    kafka = FakeKafka(lags={"conveyor-extractor": {0: 4, 1: 1}, "conveyor-notifier": {0: 0, 1: 2, 2: 0}})
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(serve(config, Runtime(config=config, kafka=kafka), stop_flag=stop, ready_flag=ready))
+    await asyncio.wait_for(ready.wait(), timeout=10)
+    yield Operator(cluster, kafka, task)
+    assert not task.done(), f"the operator stopped on its own: {task.exception() if task.done() else ''}"
+    stop.set()
+    await asyncio.wait_for(task, timeout=10)
+
+
+async def mark_ready(op: Operator, deployment: str, ready: int) -> None:
+    """Play the Deployment controller: report `ready` ready replicas."""
+    await op.patch(path(DEPLOYMENTS, deployment, "status"), {"status": {"readyReplicas": ready}})
+
+
+async def test_create_builds_owned_children_and_reports_ready(operator: Operator) -> None:
+    created = await operator.apply(pipeline())
+    uid = created["metadata"]["uid"]
+
+    children = [(DEPLOYMENTS, "docs-extractor"), (DEPLOYMENTS, "docs-notifier"),
+                (SCALED_OBJECTS, "docs-extractor"), (SCALED_OBJECTS, "docs-notifier"),
+                (TOPICS, "docs-extractor"), (TOPICS, "docs-extractor-dlq"),
+                (TOPICS, "docs-notifier"), (TOPICS, "docs-notifier-dlq")]
+    await eventually(lambda: all(operator.get(r, n) for r, n in children), "every child to exist")
+    for resource, name in children:
+        refs = operator.get(resource, name)["metadata"]["ownerReferences"]
+        assert refs == [{"apiVersion": "conveyor.dev/v1alpha1", "kind": "Pipeline", "name": "docs", "uid": uid,
+                         "controller": True, "blockOwnerDeletion": True}], (resource, name)
+    assert operator.get(TOPICS, "docs-notifier")["spec"]["overwriteTopicName"] == "conveyor.notify"
+    assert operator.get(SCALED_OBJECTS, "docs-notifier")["spec"]["triggers"][0]["metadata"]["consumerGroup"] == (
+        "conveyor-notifier")
+
+    # The notifier wants one worker and has none ready yet; the extractor is idle at zero.
+    body = await eventually(lambda: operator.pipeline("docs") if operator.pipeline("docs")["status"].get(
+        "phase") == "Progressing" else None, "phase Progressing")
+    assert body["status"]["readyStages"] == "1/2"
+    assert "notifier (0/1 ready)" in condition(body, "Ready")["message"]
+    assert "conveyor.dev/topics" in body["metadata"]["finalizers"]
+
+    await mark_ready(operator, "docs-notifier", 1)
+    body = await eventually(lambda: operator.pipeline("docs") if operator.pipeline("docs")["status"].get(
+        "phase") == "Ready" else None, "phase Ready after the notifier became ready")
+    status = body["status"]
+    assert (status["readyStages"], status["totalLag"], status["observedGeneration"]) == ("2/2", 7, 1)
+    assert [(s["name"], s["lag"], s["partitions"], s["ready"]) for s in status["stages"]] == [
+        ("extractor", 5, 6, True), ("notifier", 2, 3, True)]
+    ready = condition(body, "Ready")
+    assert (ready["status"], ready["reason"], ready["observedGeneration"]) == ("True", "AllStagesReady", 1)
+    assert condition(body, "Degraded")["status"] == "False"
+
+
+async def test_update_patches_only_what_changed(operator: Operator) -> None:
+    await operator.apply(pipeline())
+    await eventually(lambda: operator.pipeline("docs")["status"]["observedGeneration"] == 1, "first reconcile")
+    await asyncio.sleep(TICK * 2)  # let the timer run: in-shape children must get no writes
+    untouched = [(DEPLOYMENTS, "docs-extractor"), (SCALED_OBJECTS, "docs-extractor"),
+                 (SCALED_OBJECTS, "docs-notifier"), (TOPICS, "docs-notifier"), (TOPICS, "docs-extractor")]
+    before = {child: operator.cluster.writes(*child) for child in untouched}
+    assert all(count == 1 for count in before.values()), before  # created once, never patched
+
+    stages = pipeline()["spec"]["stages"]
+    stages[1] |= {"image": "conveyor:0.2.0", "partitions": 4}
+    await operator.patch(path(PIPELINES, "docs"), {"spec": {"stages": stages}})
+
+    def updated() -> bool:
+        container = operator.get(DEPLOYMENTS, "docs-notifier")["spec"]["template"]["spec"]["containers"][0]
+        return (container["image"] == "conveyor:0.2.0"
+                and operator.get(TOPICS, "docs-notifier")["spec"]["partitions"] == 4
+                and operator.pipeline("docs")["status"]["observedGeneration"] == 2)
+    await eventually(updated, "the notifier's Deployment and Topic to follow the spec")
+    await asyncio.sleep(TICK * 2)
+    assert {child: operator.cluster.writes(*child) for child in untouched} == before
+    assert operator.cluster.writes(DEPLOYMENTS, "docs-notifier") == 2  # created, then patched once
+
+    # Partitions only grow: a decrease is refused, reported, and not applied.
+    stages[0]["partitions"] = 2
+    await operator.patch(path(PIPELINES, "docs"), {"spec": {"stages": stages}})
+    body = await eventually(lambda: operator.pipeline("docs") if operator.pipeline("docs")["status"].get(
+        "phase") == "Degraded" else None, "phase Degraded")
+    degraded = condition(body, "Degraded")
+    assert (degraded["status"], degraded["reason"]) == ("True", "PartitionDecreaseRefused")
+    assert "topic conveyor.extract has 6 partitions" in degraded["message"]
+    assert "spec.stages[0].partitions asks for 2" in degraded["message"]
+    assert operator.get(TOPICS, "docs-extractor")["spec"]["partitions"] == 6
+
+    # A stage removed from the spec loses its workers and scaler; its topics stay.
+    await operator.patch(path(PIPELINES, "docs"), {"spec": {"stages": stages[:1]}})
+    await eventually(lambda: operator.get(DEPLOYMENTS, "docs-notifier") is None
+                     and operator.get(SCALED_OBJECTS, "docs-notifier") is None, "the notifier to be pruned")
+    assert operator.get(TOPICS, "docs-notifier") is not None
+
+
+async def test_timer_repairs_drift(operator: Operator) -> None:
+    await operator.apply(pipeline())
+    await eventually(lambda: operator.get(DEPLOYMENTS, "docs-extractor"), "the extractor Deployment")
+    uid = operator.pipeline("docs")["metadata"]["uid"]
+
+    await operator.delete(path(DEPLOYMENTS, "docs-extractor"))
+    assert operator.get(DEPLOYMENTS, "docs-extractor") is None
+    restored = await eventually(lambda: operator.get(DEPLOYMENTS, "docs-extractor"), "the Deployment to come back")
+    assert restored["metadata"]["ownerReferences"][0]["uid"] == uid
+
+    await operator.patch(path(SCALED_OBJECTS, "docs-notifier"), {"spec": {"maxReplicaCount": 50}})
+    await eventually(lambda: operator.get(SCALED_OBJECTS, "docs-notifier")["spec"]["maxReplicaCount"] == 3,
+                     "the edited ScaledObject to be put back")
+
+
+async def test_invalid_spec_sets_a_condition_without_retrying(operator: Operator) -> None:
+    bad = pipeline(stages=[{"name": "extractor", "image": "conveyor:0.1.0", "partitions": 4, "maxReplicas": 8}])
+    await operator.apply(bad)
+    body = await eventually(lambda: operator.pipeline("docs") if operator.pipeline("docs").get("status", {}).get(
+        "phase") == "Invalid" else None, "phase Invalid")
+    ready = condition(body, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+    assert "spec.stages[0].maxReplicas: 8 exceeds spec.stages[0].partitions (4)" in ready["message"]
+    assert condition(body, "Degraded")["status"] == "True"
+
+    await asyncio.sleep(TICK * 4)  # several timer runs: no children, no status churn, no retries
+    assert operator.cluster.names(DEPLOYMENTS) == [] and operator.cluster.names(TOPICS) == []
+    assert operator.cluster.writes(PIPELINES, "docs", "status") == 1
+    assert not operator.task.done()
+
+    fixed = bad["spec"]["stages"]
+    fixed[0]["maxReplicas"] = 4
+    await operator.patch(path(PIPELINES, "docs"), {"spec": {"stages": fixed}})
+    await eventually(lambda: operator.pipeline("docs")["status"]["phase"] == "Ready", "phase Ready once fixed")
+    assert operator.get(SCALED_OBJECTS, "docs-extractor")["spec"]["maxReplicaCount"] == 4
+
+
+@pytest.mark.parametrize("delete_topics", [False, True], ids=["keep-topics", "delete-topics"])
+async def test_deleting_a_redpanda_pipeline(operator: Operator, delete_topics: bool) -> None:
+    await operator.apply(pipeline(delete_topics=delete_topics))
+    topics = ["docs-extractor", "docs-extractor-dlq", "docs-notifier", "docs-notifier-dlq"]
+    await eventually(lambda: operator.cluster.names(TOPICS) == topics, "the Topic resources")
+    await eventually(lambda: "conveyor.dev/topics" in operator.pipeline("docs")["metadata"]["finalizers"],
+                     "the finalizer")
+
+    await operator.delete(path(PIPELINES, "docs"))
+    await eventually(lambda: operator.pipeline("docs") is None, "the finalizer to release the Pipeline")
+    if delete_topics:
+        assert operator.cluster.names(TOPICS) == []
+    else:
+        assert operator.cluster.names(TOPICS) == topics
+        for name in topics:  # released, so garbage collection leaves them (and their data) alone
+            assert "ownerReferences" not in operator.get(TOPICS, name)["metadata"]
+
+
+async def test_deleting_an_external_pipeline_deletes_its_topics_through_kafka(operator: Operator) -> None:
+    await operator.apply(pipeline(mode="external", delete_topics=True))
+    await eventually(lambda: operator.kafka.ensured, "topics to be ensured")
+    assert [(t.name, t.partitions) for t in operator.kafka.ensured[0]] == [
+        ("conveyor.extract", 6), ("conveyor.extract.dlq", 6), ("conveyor.notify", 3), ("conveyor.notify.dlq", 3)]
+    assert operator.cluster.names(TOPICS) == []  # external mode writes no Topic resources
+
+    await operator.delete(path(PIPELINES, "docs"))
+    await eventually(lambda: operator.pipeline("docs") is None, "the Pipeline to go")
+    assert sorted(operator.kafka.deleted) == [
+        "conveyor.extract", "conveyor.extract.dlq", "conveyor.notify", "conveyor.notify.dlq"]
