@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import jsonpatch
 import kmock
 import pytest
 import yaml
@@ -69,7 +70,10 @@ class Cluster(kmock.KubernetesEmulator):
                     meta["generation"] = current["metadata"].get("generation", 1) + 1
             elif current is not None and isinstance(data, list):  # a JSON patch (kopf's finalizer edits)
                 data.append({"op": "replace", "path": "/metadata/resourceVersion", "value": str(next(_versions))})
-        return await super()._handle(request)
+        try:
+            return await super()._handle(request)
+        except jsonpatch.JsonPatchTestFailed as exc:  # a stale resourceVersion: the API server says 422
+            raise kmock.KubernetesError(status=422, reason="Invalid", message=str(exc)) from None
 
     def current(self, resource: Any, namespace: str | None, name: str) -> dict[str, Any] | None:
         key = (resource, namespace, name)
@@ -182,7 +186,7 @@ async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
         emulator.resources[PIPELINES] = kmock.ResourceInfo(kind="Pipeline", namespaced=True, verbs=verbs,
                                                            subresources={"status"}, shortnames={"cpl"})
         for resource, kind in ((DEPLOYMENTS, "Deployment"), (SCALED_OBJECTS, "ScaledObject"),
-                               (TOPICS, "Topic"), ("v1/events", "Event")):
+                               (TOPICS, "Topic"), ("v1/events", "Event"), ("v1/namespaces", "Namespace")):
             emulator.resources[resource] = kmock.ResourceInfo(kind=kind, namespaced=True, verbs=verbs,
                                                               subresources={"status"})
         kubeconfig = tmp_path / "kubeconfig"

@@ -257,11 +257,15 @@ volumes:
   {{- include "conveyor.volumes" .root | nindent 2 }}
 {{- end -}}
 
-{{/* Pod annotations: restart pods when their configuration changes. Call with (dict "root" $ "values" <component values>). */}}
+{{/*
+Pod annotations: restart pods when their configuration changes. The Secret's checksum covers the
+values it is made from, so a generated webhook key does not restart pods on every render.
+Call with (dict "root" $ "values" <component values>).
+*/}}
 {{- define "conveyor.podAnnotations" -}}
 checksum/config: {{ include (print .root.Template.BasePath "/configmap.yaml") .root | sha256sum }}
 {{- if not .root.Values.secrets.existingSecret }}
-checksum/secret: {{ include (print .root.Template.BasePath "/secret.yaml") .root | sha256sum }}
+checksum/secret: {{ .root.Values.secrets | toJson | sha256sum }}
 {{- end }}
 {{- with .values.podAnnotations }}
 {{ toYaml . }}

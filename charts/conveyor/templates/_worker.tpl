@@ -188,8 +188,8 @@ Call with (dict "root" $ "stage" "<stage>" "dlq" true|false).
 apiVersion: cluster.redpanda.com/v1alpha2
 kind: Topic
 metadata:
-  # Kubernetes names cannot hold every Kafka topic name; the topic's own name is overwriteTopicName.
-  name: {{ printf "%s-%s" (include "conveyor.fullname" $root | trunc 40 | trimSuffix "-") ($topicName | replace "." "-" | replace "_" "-" | lower) | trunc 63 | trimSuffix "-" }}
+  # The Kafka topic's name is spec.overwriteTopicName: Kubernetes names cannot hold every topic name.
+  name: {{ include "conveyor.componentName" (dict "root" $root "component" (printf "%s%s" (get (dict "extractor" "extract" "summarizer" "summarize" "notifier" "notify") .stage) (ternary "-dlq" "" .dlq))) }}
   namespace: {{ $root.Release.Namespace }}
   labels:
     {{- include "conveyor.labels" (dict "root" $root "component" .stage) | nindent 4 }}
