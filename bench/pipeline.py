@@ -54,7 +54,7 @@ def _baseline_hop(bootstrap: str, source: str, target: str, work: str, group: st
 
 async def _baseline_hop_async(bootstrap: str, source: str, target: str, work: str, group: str) -> None:
     from conveyor.extractor.extract import extract_text
-    from conveyor.summarizer.backends.textrank import summarize_sentences
+    from conveyor.summarizer.backends.textrank import rank_sentences, split_sentences
 
     settings = Settings(bootstrap_servers=bootstrap)
     consumer = make_consumer(settings, source, group_id=group)
@@ -71,7 +71,8 @@ async def _baseline_hop_async(bootstrap: str, source: str, target: str, work: st
                     if work == "extract":
                         doc["text"] = extract_text(doc["text"].encode(), content_type="text/plain").text
                     elif work == "summarize":
-                        doc["text"] = " ".join(summarize_sentences(doc["text"], 3))
+                        sentences = split_sentences(doc["text"])
+                        doc["text"] = " ".join(sentences[i] for i in rank_sentences(sentences, 3))
                     else:
                         doc["done"] = time.time()
                     futures.append(await producer.send(target, json.dumps(doc).encode()))

@@ -25,10 +25,10 @@ class Settings(BaseSettings):
     )
     topic_prefix: str = Field("conveyor", description="Prefix of every topic and consumer group.")
     partitions: int = Field(6, ge=1, description="Partitions per topic when Conveyor creates them.")
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-256"
-    sasl_username: str | None = None
-    sasl_password: SecretStr | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field("PLAINTEXT", description="Kafka security protocol.")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field("SCRAM-SHA-256", description="SASL mechanism when SASL is on.")
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (secret).")
     max_message_bytes: int = Field(
         1_048_576, ge=1024, description="Producer max request size; larger payloads use the blob store."
     )
@@ -42,8 +42,8 @@ class Settings(BaseSettings):
     session_timeout_ms: int = Field(10_000, ge=1000, description="Consumer group session timeout.")
 
     # --- Gateway ---------------------------------------------------------------------------------
-    gateway_host: str = "127.0.0.1"
-    gateway_port: int = 8000
+    gateway_host: str = Field("127.0.0.1", description="Gateway bind address (the chart sets 0.0.0.0).")
+    gateway_port: int = Field(8000, description="Gateway port.")
     public_url: str = Field("", description="Base URL used in status links; empty = request's host.")
     max_upload_bytes: int = Field(100 * 1024 * 1024, ge=1, description="413 past this size.")
     max_json_bytes: int = Field(5 * 1024 * 1024, ge=1, description="413 past this JSON body size.")
@@ -53,42 +53,42 @@ class Settings(BaseSettings):
 
     # --- Stores ----------------------------------------------------------------------------------
     home: Path = Field(DEFAULT_HOME, description="Folder for local state (SQLite, blobs).")
-    status_store: Literal["sqlite", "redis"] = "sqlite"
+    status_store: Literal["sqlite", "redis"] = Field("sqlite", description="Job status backend; redis for several gateway replicas.")
     sqlite_path: Path | None = Field(None, description="Default: <home>/jobs.sqlite3.")
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    blob_store: Literal["file", "s3"] = "file"
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL when the status store is redis.")
+    blob_store: Literal["file", "s3"] = Field("file", description="Claim-check blob store backend.")
     blob_dir: Path | None = Field(None, description="Default: <home>/blobs.")
-    s3_bucket: str = "conveyor"
-    s3_endpoint_url: str | None = None
-    s3_prefix: str = "blobs/"
+    s3_bucket: str = Field("conveyor", description="S3 bucket for blobs.")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, Ceph...); empty = AWS.")
+    s3_prefix: str = Field("blobs/", description="Key prefix for blobs in the bucket.")
 
     # --- Summarizer --------------------------------------------------------------------------
-    summarizer_backend: Literal["textrank", "openai"] = "textrank"
-    summary_sentences: int = Field(3, ge=1, le=50)
+    summarizer_backend: Literal["textrank", "openai"] = Field("textrank", description="textrank (offline, default) or openai (any OpenAI-compatible API).")
+    summary_sentences: int = Field(3, ge=1, le=50, description="Sentences per summary.")
     textrank_max_sentences: int = Field(
         400, ge=10, description="Longer texts are chunked; TextRank cost grows with the square."
     )
     textrank_processes: int = Field(0, ge=0, description="Process pool size; 0 = CPU count.")
-    openai_base_url: str | None = Field(None, description="OpenAI-compatible API (vLLM, Ollama...).")
-    openai_api_key: SecretStr = SecretStr("not-needed")
-    openai_model: str = "gpt-4o-mini"
-    openai_timeout_seconds: float = Field(30.0, gt=0)
-    openai_max_retries: int = Field(4, ge=0)
-    openai_max_concurrency: int = Field(8, ge=1)
-    openai_max_input_chars: int = Field(24_000, ge=1000)
+    openai_base_url: str | None = Field(None, description="OpenAI-compatible API base URL (vLLM, Ollama, OpenAI).")
+    openai_api_key: SecretStr = Field(SecretStr("not-needed"), description="API key for the LLM endpoint (secret).")
+    openai_model: str = Field("gpt-4o-mini", description="Model name sent to the LLM endpoint.")
+    openai_timeout_seconds: float = Field(30.0, gt=0, description="Per-request LLM timeout.")
+    openai_max_retries: int = Field(4, ge=0, description="LLM client retries (429/5xx/timeouts, honours Retry-After).")
+    openai_max_concurrency: int = Field(8, ge=1, description="LLM calls in flight per summarizer process.")
+    openai_max_input_chars: int = Field(24_000, ge=1000, description="Longer texts are truncated before the LLM call.")
 
     # --- Notifier ----------------------------------------------------------------------------
-    webhook_secret: SecretStr = SecretStr("change-me")
-    webhook_timeout_seconds: float = Field(10.0, gt=0)
+    webhook_secret: SecretStr = Field(SecretStr("change-me"), description="HMAC-SHA256 key for webhook signatures (secret).")
+    webhook_timeout_seconds: float = Field(10.0, gt=0, description="Per-attempt webhook timeout.")
     webhook_allow_private: bool = Field(
         False, description="Allow callbacks to loopback/private/link-local addresses."
     )
 
     # --- Telemetry -----------------------------------------------------------------------------
     metrics_port: int = Field(0, ge=0, description="Prometheus port for workers; 0 = off.")
-    log_level: str = "INFO"
-    log_json: bool = False
-    trace_console: bool = False
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
+    log_json: bool = Field(False, description="JSON log lines (with job_id and trace_id).")
+    trace_console: bool = Field(False, description="Print trace spans to the console (OTEL_* env vars configure OTLP).")
     lag_interval_seconds: float = Field(
         15.0, ge=0, description="How often the gateway exports exact consumer lag; 0 = off."
     )

@@ -8,6 +8,7 @@ readiness matters. Kafka is a recording fake here; tests/test_operator_kafka.py 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -82,16 +83,17 @@ class Cluster(kmock.KubernetesEmulator):
         return self.objects[key].raw
 
     def versions(self, resource: str, name: str) -> int:
+        """How many times the object was written: its creation plus every patch."""
         return len(self.objects[resource, NS, name].history)
 
     def names(self, resource: str) -> list[str]:
         return sorted(name for (res, ns, name), obj in self.objects.items()
                       if res == kmock.resource(resource) and ns == NS and not obj.deleted)
 
-    def writes(self, resource: str, name: str, subresource: str | None = None) -> int:
-        return sum(1 for r in self.requests
-                   if r.resource == kmock.resource(resource) and r.name == name and r.subresource == subresource
-                   and r.action in (kmock.action.UPDATE, kmock.action.CREATE))
+    def status_writes(self, resource: str, name: str) -> int:
+        return sum(1 for r in self  # iterating a kmock handler yields the requests it served
+                   if r.resource == kmock.resource(resource) and r.name == name and r.subresource == "status"
+                   and r.action == kmock.action.UPDATE)
 
 
 @dataclass
@@ -200,18 +202,22 @@ async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
         yield emulator
 
 
-@pytest.fixture
-async def operator(cluster: Cluster) -> AsyncIterator[Operator]:
+@contextlib.asynccontextmanager
+async def running_operator(cluster: Cluster) -> AsyncIterator[Operator]:
+    """The operator as a task of this test's own task: kopf cancels, at exit, every task created
+    after its start, so it must also be stopped from the task that started it (not a fixture's)."""
     config = OperatorConfig(namespaces=NS, reconcile_seconds=TICK, retry_seconds=TICK,
                             health_port=0, metrics_port=0)
     kafka = FakeKafka(lags={"conveyor-extractor": {0: 4, 1: 1}, "conveyor-notifier": {0: 0, 1: 2, 2: 0}})
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(serve(config, Runtime(config=config, kafka=kafka), stop_flag=stop, ready_flag=ready))
     await asyncio.wait_for(ready.wait(), timeout=10)
-    yield Operator(cluster, kafka, task)
-    assert not task.done(), f"the operator stopped on its own: {task.exception() if task.done() else ''}"
-    stop.set()
-    await asyncio.wait_for(task, timeout=10)
+    try:
+        yield Operator(cluster, kafka, task)
+        assert not task.done(), f"the operator stopped on its own: {task.exception() if task.done() else ''}"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, timeout=10)
 
 
 async def mark_ready(op: Operator, deployment: str, ready: int) -> None:
@@ -219,146 +225,153 @@ async def mark_ready(op: Operator, deployment: str, ready: int) -> None:
     await op.patch(path(DEPLOYMENTS, deployment, "status"), {"status": {"readyReplicas": ready}})
 
 
-async def test_create_builds_owned_children_and_reports_ready(operator: Operator) -> None:
-    created = await operator.apply(pipeline())
-    uid = created["metadata"]["uid"]
+async def test_create_builds_owned_children_and_reports_ready(cluster: Cluster) -> None:
+    async with running_operator(cluster) as operator:
+        created = await operator.apply(pipeline())
+        uid = created["metadata"]["uid"]
 
-    children = [(DEPLOYMENTS, "docs-extractor"), (DEPLOYMENTS, "docs-notifier"),
-                (SCALED_OBJECTS, "docs-extractor"), (SCALED_OBJECTS, "docs-notifier"),
-                (TOPICS, "docs-extractor"), (TOPICS, "docs-extractor-dlq"),
-                (TOPICS, "docs-notifier"), (TOPICS, "docs-notifier-dlq")]
-    await eventually(lambda: all(operator.get(r, n) for r, n in children), "every child to exist")
-    for resource, name in children:
-        refs = operator.get(resource, name)["metadata"]["ownerReferences"]
-        assert refs == [{"apiVersion": "conveyor.dev/v1alpha1", "kind": "Pipeline", "name": "docs", "uid": uid,
-                         "controller": True, "blockOwnerDeletion": True}], (resource, name)
-    assert operator.get(TOPICS, "docs-notifier")["spec"]["overwriteTopicName"] == "conveyor.notify"
-    assert operator.get(SCALED_OBJECTS, "docs-notifier")["spec"]["triggers"][0]["metadata"]["consumerGroup"] == (
-        "conveyor-notifier")
+        children = [(DEPLOYMENTS, "docs-extractor"), (DEPLOYMENTS, "docs-notifier"),
+                    (SCALED_OBJECTS, "docs-extractor"), (SCALED_OBJECTS, "docs-notifier"),
+                    (TOPICS, "docs-extractor"), (TOPICS, "docs-extractor-dlq"),
+                    (TOPICS, "docs-notifier"), (TOPICS, "docs-notifier-dlq")]
+        await eventually(lambda: all(operator.get(r, n) for r, n in children), "every child to exist")
+        for resource, name in children:
+            refs = operator.get(resource, name)["metadata"]["ownerReferences"]
+            assert refs == [{"apiVersion": "conveyor.dev/v1alpha1", "kind": "Pipeline", "name": "docs", "uid": uid,
+                             "controller": True, "blockOwnerDeletion": True}], (resource, name)
+        assert operator.get(TOPICS, "docs-notifier")["spec"]["overwriteTopicName"] == "conveyor.notify"
+        assert operator.get(SCALED_OBJECTS, "docs-notifier")["spec"]["triggers"][0]["metadata"]["consumerGroup"] == (
+            "conveyor-notifier")
 
-    # The notifier wants one worker and has none ready yet; the extractor is idle at zero.
-    body = await eventually(lambda: operator.pipeline("docs") if operator.pipeline("docs")["status"].get(
-        "phase") == "Progressing" else None, "phase Progressing")
-    assert body["status"]["readyStages"] == "1/2"
-    assert "notifier (0/1 ready)" in condition(body, "Ready")["message"]
-    assert "conveyor.dev/topics" in body["metadata"]["finalizers"]
+        # The notifier wants one worker and has none ready yet; the extractor is idle at zero.
+        body = await eventually(lambda: operator.pipeline("docs") if operator.pipeline("docs")["status"].get(
+            "phase") == "Progressing" else None, "phase Progressing")
+        assert body["status"]["readyStages"] == "1/2"
+        assert "notifier (0/1 ready)" in condition(body, "Ready")["message"]
+        assert "conveyor.dev/topics" in body["metadata"]["finalizers"]
 
-    await mark_ready(operator, "docs-notifier", 1)
-    body = await eventually(lambda: operator.pipeline("docs") if operator.pipeline("docs")["status"].get(
-        "phase") == "Ready" else None, "phase Ready after the notifier became ready")
-    status = body["status"]
-    assert (status["readyStages"], status["totalLag"], status["observedGeneration"]) == ("2/2", 7, 1)
-    assert [(s["name"], s["lag"], s["partitions"], s["ready"]) for s in status["stages"]] == [
-        ("extractor", 5, 6, True), ("notifier", 2, 3, True)]
-    ready = condition(body, "Ready")
-    assert (ready["status"], ready["reason"], ready["observedGeneration"]) == ("True", "AllStagesReady", 1)
-    assert condition(body, "Degraded")["status"] == "False"
-
-
-async def test_update_patches_only_what_changed(operator: Operator) -> None:
-    await operator.apply(pipeline())
-    await eventually(lambda: operator.pipeline("docs")["status"]["observedGeneration"] == 1, "first reconcile")
-    await asyncio.sleep(TICK * 2)  # let the timer run: in-shape children must get no writes
-    untouched = [(DEPLOYMENTS, "docs-extractor"), (SCALED_OBJECTS, "docs-extractor"),
-                 (SCALED_OBJECTS, "docs-notifier"), (TOPICS, "docs-notifier"), (TOPICS, "docs-extractor")]
-    before = {child: operator.cluster.writes(*child) for child in untouched}
-    assert all(count == 1 for count in before.values()), before  # created once, never patched
-
-    stages = pipeline()["spec"]["stages"]
-    stages[1] |= {"image": "conveyor:0.2.0", "partitions": 4}
-    await operator.patch(path(PIPELINES, "docs"), {"spec": {"stages": stages}})
-
-    def updated() -> bool:
-        container = operator.get(DEPLOYMENTS, "docs-notifier")["spec"]["template"]["spec"]["containers"][0]
-        return (container["image"] == "conveyor:0.2.0"
-                and operator.get(TOPICS, "docs-notifier")["spec"]["partitions"] == 4
-                and operator.pipeline("docs")["status"]["observedGeneration"] == 2)
-    await eventually(updated, "the notifier's Deployment and Topic to follow the spec")
-    await asyncio.sleep(TICK * 2)
-    assert {child: operator.cluster.writes(*child) for child in untouched} == before
-    assert operator.cluster.writes(DEPLOYMENTS, "docs-notifier") == 2  # created, then patched once
-
-    # Partitions only grow: a decrease is refused, reported, and not applied.
-    stages[0]["partitions"] = 2
-    await operator.patch(path(PIPELINES, "docs"), {"spec": {"stages": stages}})
-    body = await eventually(lambda: operator.pipeline("docs") if operator.pipeline("docs")["status"].get(
-        "phase") == "Degraded" else None, "phase Degraded")
-    degraded = condition(body, "Degraded")
-    assert (degraded["status"], degraded["reason"]) == ("True", "PartitionDecreaseRefused")
-    assert "topic conveyor.extract has 6 partitions" in degraded["message"]
-    assert "spec.stages[0].partitions asks for 2" in degraded["message"]
-    assert operator.get(TOPICS, "docs-extractor")["spec"]["partitions"] == 6
-
-    # A stage removed from the spec loses its workers and scaler; its topics stay.
-    await operator.patch(path(PIPELINES, "docs"), {"spec": {"stages": stages[:1]}})
-    await eventually(lambda: operator.get(DEPLOYMENTS, "docs-notifier") is None
-                     and operator.get(SCALED_OBJECTS, "docs-notifier") is None, "the notifier to be pruned")
-    assert operator.get(TOPICS, "docs-notifier") is not None
+        await mark_ready(operator, "docs-notifier", 1)
+        body = await eventually(lambda: operator.pipeline("docs") if operator.pipeline("docs")["status"].get(
+            "phase") == "Ready" else None, "phase Ready after the notifier became ready")
+        status = body["status"]
+        assert (status["readyStages"], status["totalLag"], status["observedGeneration"]) == ("2/2", 7, 1)
+        assert [(s["name"], s["lag"], s["partitions"], s["ready"]) for s in status["stages"]] == [
+            ("extractor", 5, 6, True), ("notifier", 2, 3, True)]
+        ready = condition(body, "Ready")
+        assert (ready["status"], ready["reason"], ready["observedGeneration"]) == ("True", "AllStagesReady", 1)
+        assert condition(body, "Degraded")["status"] == "False"
 
 
-async def test_timer_repairs_drift(operator: Operator) -> None:
-    await operator.apply(pipeline())
-    await eventually(lambda: operator.get(DEPLOYMENTS, "docs-extractor"), "the extractor Deployment")
-    uid = operator.pipeline("docs")["metadata"]["uid"]
+async def test_update_patches_only_what_changed(cluster: Cluster) -> None:
+    async with running_operator(cluster) as operator:
+        await operator.apply(pipeline())
+        await eventually(lambda: operator.pipeline("docs")["status"]["observedGeneration"] == 1, "first reconcile")
+        await asyncio.sleep(TICK * 2)  # let the timer run: in-shape children must get no writes
+        untouched = [(DEPLOYMENTS, "docs-extractor"), (SCALED_OBJECTS, "docs-extractor"),
+                     (SCALED_OBJECTS, "docs-notifier"), (TOPICS, "docs-extractor"), (TOPICS, "docs-extractor-dlq")]
+        before = {child: operator.cluster.versions(*child) for child in untouched}
+        assert all(count == 1 for count in before.values()), before  # created once, never patched
 
-    await operator.delete(path(DEPLOYMENTS, "docs-extractor"))
-    assert operator.get(DEPLOYMENTS, "docs-extractor") is None
-    restored = await eventually(lambda: operator.get(DEPLOYMENTS, "docs-extractor"), "the Deployment to come back")
-    assert restored["metadata"]["ownerReferences"][0]["uid"] == uid
+        stages = pipeline()["spec"]["stages"]
+        stages[1] |= {"image": "conveyor:0.2.0", "partitions": 4}
+        await operator.patch(path(PIPELINES, "docs"), {"spec": {"stages": stages}})
 
-    await operator.patch(path(SCALED_OBJECTS, "docs-notifier"), {"spec": {"maxReplicaCount": 50}})
-    await eventually(lambda: operator.get(SCALED_OBJECTS, "docs-notifier")["spec"]["maxReplicaCount"] == 3,
-                     "the edited ScaledObject to be put back")
+        def updated() -> bool:
+            container = operator.get(DEPLOYMENTS, "docs-notifier")["spec"]["template"]["spec"]["containers"][0]
+            return (container["image"] == "conveyor:0.2.0"
+                    and operator.get(TOPICS, "docs-notifier")["spec"]["partitions"] == 4
+                    and operator.pipeline("docs")["status"]["observedGeneration"] == 2)
+        await eventually(updated, "the notifier's Deployment and Topic to follow the spec")
+        await asyncio.sleep(TICK * 2)
+        assert {child: operator.cluster.versions(*child) for child in untouched} == before
+        assert operator.cluster.versions(DEPLOYMENTS, "docs-notifier") == 2  # created, then patched once
+        assert operator.cluster.versions(TOPICS, "docs-notifier-dlq") == 2
+
+        # Partitions only grow: a decrease is refused, reported, and not applied.
+        stages[0]["partitions"] = 2
+        await operator.patch(path(PIPELINES, "docs"), {"spec": {"stages": stages}})
+        body = await eventually(lambda: operator.pipeline("docs") if operator.pipeline("docs")["status"].get(
+            "phase") == "Degraded" else None, "phase Degraded")
+        degraded = condition(body, "Degraded")
+        assert (degraded["status"], degraded["reason"]) == ("True", "PartitionDecreaseRefused")
+        assert "topic conveyor.extract has 6 partitions" in degraded["message"]
+        assert "spec.stages[0].partitions asks for 2" in degraded["message"]
+        assert operator.get(TOPICS, "docs-extractor")["spec"]["partitions"] == 6
+
+        # A stage removed from the spec loses its workers and scaler; its topics stay.
+        await operator.patch(path(PIPELINES, "docs"), {"spec": {"stages": stages[:1]}})
+        await eventually(lambda: operator.get(DEPLOYMENTS, "docs-notifier") is None
+                         and operator.get(SCALED_OBJECTS, "docs-notifier") is None, "the notifier to be pruned")
+        assert operator.get(TOPICS, "docs-notifier") is not None
 
 
-async def test_invalid_spec_sets_a_condition_without_retrying(operator: Operator) -> None:
-    bad = pipeline(stages=[{"name": "extractor", "image": "conveyor:0.1.0", "partitions": 4, "maxReplicas": 8}])
-    await operator.apply(bad)
-    body = await eventually(lambda: operator.pipeline("docs") if operator.pipeline("docs").get("status", {}).get(
-        "phase") == "Invalid" else None, "phase Invalid")
-    ready = condition(body, "Ready")
-    assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
-    assert "spec.stages[0].maxReplicas: 8 exceeds spec.stages[0].partitions (4)" in ready["message"]
-    assert condition(body, "Degraded")["status"] == "True"
+async def test_timer_repairs_drift(cluster: Cluster) -> None:
+    async with running_operator(cluster) as operator:
+        await operator.apply(pipeline())
+        await eventually(lambda: operator.get(DEPLOYMENTS, "docs-extractor"), "the extractor Deployment")
+        uid = operator.pipeline("docs")["metadata"]["uid"]
 
-    await asyncio.sleep(TICK * 4)  # several timer runs: no children, no status churn, no retries
-    assert operator.cluster.names(DEPLOYMENTS) == [] and operator.cluster.names(TOPICS) == []
-    assert operator.cluster.writes(PIPELINES, "docs", "status") == 1
-    assert not operator.task.done()
+        await operator.delete(path(DEPLOYMENTS, "docs-extractor"))
+        assert operator.get(DEPLOYMENTS, "docs-extractor") is None
+        restored = await eventually(lambda: operator.get(DEPLOYMENTS, "docs-extractor"), "the Deployment to come back")
+        assert restored["metadata"]["ownerReferences"][0]["uid"] == uid
 
-    fixed = bad["spec"]["stages"]
-    fixed[0]["maxReplicas"] = 4
-    await operator.patch(path(PIPELINES, "docs"), {"spec": {"stages": fixed}})
-    await eventually(lambda: operator.pipeline("docs")["status"]["phase"] == "Ready", "phase Ready once fixed")
-    assert operator.get(SCALED_OBJECTS, "docs-extractor")["spec"]["maxReplicaCount"] == 4
+        await operator.patch(path(SCALED_OBJECTS, "docs-notifier"), {"spec": {"maxReplicaCount": 50}})
+        await eventually(lambda: operator.get(SCALED_OBJECTS, "docs-notifier")["spec"]["maxReplicaCount"] == 3,
+                         "the edited ScaledObject to be put back")
+
+
+async def test_invalid_spec_sets_a_condition_without_retrying(cluster: Cluster) -> None:
+    async with running_operator(cluster) as operator:
+        bad = pipeline(stages=[{"name": "extractor", "image": "conveyor:0.1.0", "partitions": 4, "maxReplicas": 8}])
+        await operator.apply(bad)
+        body = await eventually(lambda: operator.pipeline("docs") if operator.pipeline("docs").get("status", {}).get(
+            "phase") == "Invalid" else None, "phase Invalid")
+        ready = condition(body, "Ready")
+        assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
+        assert "spec.stages[0].maxReplicas: 8 exceeds spec.stages[0].partitions (4)" in ready["message"]
+        assert condition(body, "Degraded")["status"] == "True"
+
+        await asyncio.sleep(TICK * 4)  # several timer runs: no children, no status churn, no retries
+        assert operator.cluster.names(DEPLOYMENTS) == [] and operator.cluster.names(TOPICS) == []
+        assert operator.cluster.status_writes(PIPELINES, "docs") == 1
+        assert not operator.task.done()
+
+        fixed = bad["spec"]["stages"]
+        fixed[0]["maxReplicas"] = 4
+        await operator.patch(path(PIPELINES, "docs"), {"spec": {"stages": fixed}})
+        await eventually(lambda: operator.pipeline("docs")["status"]["phase"] == "Ready", "phase Ready once fixed")
+        assert operator.get(SCALED_OBJECTS, "docs-extractor")["spec"]["maxReplicaCount"] == 4
 
 
 @pytest.mark.parametrize("delete_topics", [False, True], ids=["keep-topics", "delete-topics"])
-async def test_deleting_a_redpanda_pipeline(operator: Operator, delete_topics: bool) -> None:
-    await operator.apply(pipeline(delete_topics=delete_topics))
-    topics = ["docs-extractor", "docs-extractor-dlq", "docs-notifier", "docs-notifier-dlq"]
-    await eventually(lambda: operator.cluster.names(TOPICS) == topics, "the Topic resources")
-    await eventually(lambda: "conveyor.dev/topics" in operator.pipeline("docs")["metadata"]["finalizers"],
-                     "the finalizer")
+async def test_deleting_a_redpanda_pipeline(cluster: Cluster, delete_topics: bool) -> None:
+    async with running_operator(cluster) as operator:
+        await operator.apply(pipeline(delete_topics=delete_topics))
+        topics = ["docs-extractor", "docs-extractor-dlq", "docs-notifier", "docs-notifier-dlq"]
+        await eventually(lambda: operator.cluster.names(TOPICS) == topics, "the Topic resources")
+        await eventually(lambda: "conveyor.dev/topics" in operator.pipeline("docs")["metadata"]["finalizers"],
+                         "the finalizer")
 
-    await operator.delete(path(PIPELINES, "docs"))
-    await eventually(lambda: operator.pipeline("docs") is None, "the finalizer to release the Pipeline")
-    if delete_topics:
-        assert operator.cluster.names(TOPICS) == []
-    else:
-        assert operator.cluster.names(TOPICS) == topics
-        for name in topics:  # released, so garbage collection leaves them (and their data) alone
-            assert "ownerReferences" not in operator.get(TOPICS, name)["metadata"]
+        await operator.delete(path(PIPELINES, "docs"))
+        await eventually(lambda: operator.pipeline("docs") is None, "the finalizer to release the Pipeline")
+        if delete_topics:
+            assert operator.cluster.names(TOPICS) == []
+        else:
+            assert operator.cluster.names(TOPICS) == topics
+            for name in topics:  # released, so garbage collection leaves them (and their data) alone
+                assert "ownerReferences" not in operator.get(TOPICS, name)["metadata"]
 
 
-async def test_deleting_an_external_pipeline_deletes_its_topics_through_kafka(operator: Operator) -> None:
-    await operator.apply(pipeline(mode="external", delete_topics=True))
-    await eventually(lambda: operator.kafka.ensured, "topics to be ensured")
-    assert [(t.name, t.partitions) for t in operator.kafka.ensured[0]] == [
-        ("conveyor.extract", 6), ("conveyor.extract.dlq", 6), ("conveyor.notify", 3), ("conveyor.notify.dlq", 3)]
-    assert operator.cluster.names(TOPICS) == []  # external mode writes no Topic resources
+async def test_deleting_an_external_pipeline_deletes_its_topics_through_kafka(cluster: Cluster) -> None:
+    async with running_operator(cluster) as operator:
+        await operator.apply(pipeline(mode="external", delete_topics=True))
+        await eventually(lambda: operator.kafka.ensured, "topics to be ensured")
+        assert [(t.name, t.partitions) for t in operator.kafka.ensured[0]] == [
+            ("conveyor.extract", 6), ("conveyor.extract.dlq", 6), ("conveyor.notify", 3), ("conveyor.notify.dlq", 3)]
+        assert operator.cluster.names(TOPICS) == []  # external mode writes no Topic resources
 
-    await operator.delete(path(PIPELINES, "docs"))
-    await eventually(lambda: operator.pipeline("docs") is None, "the Pipeline to go")
-    assert sorted(operator.kafka.deleted) == [
-        "conveyor.extract", "conveyor.extract.dlq", "conveyor.notify", "conveyor.notify.dlq"]
+        await operator.delete(path(PIPELINES, "docs"))
+        await eventually(lambda: operator.pipeline("docs") is None, "the Pipeline to go")
+        assert sorted(operator.kafka.deleted) == [
+            "conveyor.extract", "conveyor.extract.dlq", "conveyor.notify", "conveyor.notify.dlq"]

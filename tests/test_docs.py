@@ -1,0 +1,33 @@
+"""The README stays true: its settings table is the one the code generates."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_settings_table_matches_the_settings_model() -> None:
+    generated = subprocess.run([sys.executable, str(ROOT / "scripts/settings_table.py")], capture_output=True,
+                               text=True, check=True).stdout.strip()
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"<!-- settings-table[^>]*-->\n(.*?)\n<!-- /settings-table -->", readme, re.S)
+    assert block, "README lost its settings table markers"
+    assert block.group(1).strip() == generated, "README settings table is stale: run scripts/settings_table.py"
+
+
+def test_cli_help_lists_every_command() -> None:
+    result = subprocess.run([sys.executable, "-m", "conveyor.cli.main", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for command in ("up", "gateway", "worker", "submit", "status", "topics", "lag", "dlq", "operator"):
+        assert re.search(rf"^\s+{command}\s", result.stdout, re.M), command
+
+
+def test_invalid_setting_fails_fast_naming_the_variable() -> None:
+    result = subprocess.run([sys.executable, "-m", "conveyor.cli.main", "topics"], capture_output=True, text=True,
+                            env={"CONVEYOR_PARTITIONS": "zero", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 2
+    assert "partitions" in result.stderr
