@@ -373,5 +373,6 @@ async def test_deleting_an_external_pipeline_deletes_its_topics_through_kafka(cl
 
         await operator.delete(path(PIPELINES, "docs"))
         await eventually(lambda: operator.pipeline("docs") is None, "the Pipeline to go")
-        assert sorted(operator.kafka.deleted) == [
+        # kopf may run a finalizer more than once (at-least-once), so deleting is idempotent.
+        assert sorted(set(operator.kafka.deleted)) == [
             "conveyor.extract", "conveyor.extract.dlq", "conveyor.notify", "conveyor.notify.dlq"]

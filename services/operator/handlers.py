@@ -39,6 +39,8 @@ def _write_status(patch: kopf.Patch, body: Mapping[str, Any], status: Mapping[st
 async def ensure_pipeline(runtime: Runtime, *, trigger: str, body: kopf.Body, patch: kopf.Patch,
                           logger: Logger) -> None:
     """Reconcile now; raise kopf.PermanentError for a spec that cannot be applied."""
+    if body.get("metadata", {}).get("deletionTimestamp"):
+        return  # being deleted: the finalizer decides what happens now
     started = time.monotonic()
     generation = body.get("metadata", {}).get("generation")
     try:
