@@ -114,6 +114,10 @@ def test_two_extractors_share_the_partitions(pipeline: Pipeline) -> None:
         consumed.append(float(line.split()[-1]))
     assert all(count > 0 for count in consumed), consumed
     assert sum(consumed) >= 40
+    # The same port answers the Kubernetes probes.
+    assert httpx.get(f"http://127.0.0.1:{ports[0]}/healthz").status_code == 200
+    assert httpx.get(f"http://127.0.0.1:{ports[0]}/readyz").status_code == 200
+    assert httpx.get(f"http://127.0.0.1:{ports[0]}/nope").status_code == 404
 
 
 def test_sigkilled_worker_loses_nothing_and_callbacks_fire_once(pipeline: Pipeline, receiver: WebhookReceiver) -> None:

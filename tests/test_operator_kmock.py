@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp.test_utils
+import aiohttp.web
 import jsonpatch
 import kmock
 import pytest
@@ -181,9 +183,21 @@ def path(resource: str, name: str, subresource: str | None = None) -> str:
     return f"{root}/namespaces/{NS}/{plural}/{name}" + (f"/{subresource}" if subresource else "")
 
 
+class WatchClosingServer(aiohttp.test_utils.RawTestServer):
+    """Ends a request's handler when its client disconnects, as an API server ends a watch.
+
+    Otherwise every watch the operator opened stays a running task after it stops, and kopf
+    waits 5 s for such leftovers before cancelling them.
+    """
+
+    async def _make_runner(self, debug: bool = True, **kwargs: Any) -> aiohttp.web.ServerRunner:
+        server = aiohttp.web.Server(self._handler, loop=self._loop, debug=debug, handler_cancellation=True, **kwargs)
+        return aiohttp.web.ServerRunner(server, debug=debug, **kwargs)
+
+
 @pytest.fixture
 async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Cluster]:
-    async with Cluster() as emulator, kmock.Server(emulator) as server:
+    async with Cluster() as emulator, kmock.Server(emulator, server_cls=WatchClosingServer) as server:
         verbs = {"get", "list", "watch", "create", "update", "patch", "delete"}
         emulator.resources[PIPELINES] = kmock.ResourceInfo(kind="Pipeline", namespaced=True, verbs=verbs,
                                                            subresources={"status"}, shortnames={"cpl"})

@@ -1,0 +1,61 @@
+"""`conveyor up` as a user runs it: everything starts, a job goes through, SIGTERM stops it all."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import psutil
+import pytest
+
+from conveyor.kafka.embedded import free_port
+from documents import english_text
+
+pytestmark = pytest.mark.slow
+
+
+def test_up_runs_the_pipeline_and_stops_cleanly(tmp_path) -> None:
+    port, metrics_base = free_port(), free_port()
+    env = {**os.environ, "CONVEYOR_HOME": str(tmp_path / "state"), "CONVEYOR_GATEWAY_PORT": str(port),
+           "CONVEYOR_SESSION_TIMEOUT_MS": "6000", "CONVEYOR_TEXTRANK_PROCESSES": "1"}
+    up = subprocess.Popen([sys.executable, "-m", "conveyor.cli.main", "up", "--workers", "2", "--summarizers", "1",
+                           "--metrics-port", str(metrics_base)], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        children = psutil.Process(up.pid).children()
+        # broker + gateway + 2 extractors + 1 summarizer + 2 notifiers
+        assert len(children) == 7, [c.cmdline() for c in children]
+
+        submit = subprocess.run([sys.executable, "-m", "conveyor.cli.main", "submit", "-", "--wait", "--url", url,
+                                 "--timeout", "90"], input=english_text(seed=42), env=env, capture_output=True,
+                                text=True, timeout=120)
+        assert submit.returncode == 0, submit.stderr
+        job_id, summary = submit.stdout.strip().split("\n", 1)
+        assert summary.strip() and summary.strip().split(". ")[0] in english_text(seed=42)
+        assert "completed" in submit.stderr  # progress lines
+
+        targets = json.loads((tmp_path / "state" / "prometheus-targets.json").read_text())
+        assert {t["labels"]["service"] for t in targets} == {"gateway", "extractor", "summarizer", "notifier"}
+
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0
+        output = up.stdout.read()
+        assert f"gateway    {url.replace('127.0.0.1', '127.0.0.1')}" in output
+        assert "stopped 6 process(es)" in output
+        assert all(not c.is_running() or c.status() == psutil.STATUS_ZOMBIE for c in children)
+    finally:
+        if up.poll() is None:
+            up.kill()
