@@ -2,7 +2,7 @@
 
 Trace context travels between processes in the W3C `traceparent`/`tracestate` Kafka headers (and
 in the event envelope's `trace` field). Tracing is off unless asked for, by `--trace-console` /
-`CONVEYOR_TRACE_CONSOLE` or by the standard `OTEL_*` variables; while off, every helper here is a
+`CONVEYOR_TRACE_CONSOLE` or by the standard `OTEL_*` variables; while off, every function here is a
 cheap no-op and no spans are created.
 """
 

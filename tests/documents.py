@@ -19,12 +19,8 @@ def english_text(seed: int = 0, sentences: int = 24) -> str:
     return " ".join(lines)
 
 
-def pdf_bytes(text: str) -> bytes:
-    from reportlab.lib.pagesizes import A4
-    from reportlab.pdfgen import canvas
-
-    buffer = io.BytesIO()
-    pdf = canvas.Canvas(buffer, pagesize=A4)
+def _draw_sentences(pdf, text: str) -> None:  # type: ignore[no-untyped-def]
+    """One sentence per line, as a text layer pypdf can read back."""
     y = 800
     for sentence in text.split(". "):
         pdf.drawString(40, y, sentence.strip().rstrip(".") + ".")
@@ -32,6 +28,15 @@ def pdf_bytes(text: str) -> bytes:
         if y < 60:
             pdf.showPage()
             y = 800
+
+
+def pdf_bytes(text: str) -> bytes:
+    from reportlab.lib.pagesizes import A4
+    from reportlab.pdfgen import canvas
+
+    buffer = io.BytesIO()
+    pdf = canvas.Canvas(buffer, pagesize=A4)
+    _draw_sentences(pdf, text)
     pdf.save()
     return buffer.getvalue()
 
@@ -49,10 +54,7 @@ def large_pdf_bytes(text: str, *, megabytes: int) -> bytes:
     noise = Image.frombytes("RGB", (side, side), os.urandom(side * side * 3))
     buffer = io.BytesIO()
     pdf = canvas.Canvas(buffer, pagesize=A4)
-    y = 800
-    for sentence in text.split(". "):
-        pdf.drawString(40, y, sentence.strip().rstrip(".") + ".")
-        y -= 16
+    _draw_sentences(pdf, text)
     pdf.showPage()
     pdf.drawImage(ImageReader(noise), 0, 0, width=500, height=500)
     pdf.save()

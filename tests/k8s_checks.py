@@ -360,3 +360,80 @@ def walk_leaves(values: Any, prefix: str = "") -> Iterable[str]:
             yield from walk_leaves(value, f"{prefix}.{key}" if prefix else key)
     else:
         yield prefix
+
+
+# --------------------------------------------------------------------------- values documentation
+
+
+@dataclass
+class DocumentedValue:
+    path: str
+    default: Any
+    description: str
+
+
+def documented_values(text: str) -> list[DocumentedValue]:
+    """The keys of a values.yaml that carry a `# --` comment, in file order.
+
+    A commented key whose value is a mapping documents its whole subtree (e.g. `resources`);
+    keys inside list items belong to their list.
+    """
+    values = yaml.safe_load(text) or {}
+    rows: list[DocumentedValue] = []
+    stack: list[tuple[int, str]] = []
+    comment: list[str] = []
+    covered_prefix: str | None = None
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped:
+            comment = []
+            continue
+        if stripped.startswith("#"):
+            body = stripped.lstrip("#").strip()
+            if body.startswith("--"):
+                comment = [body[2:].strip()]
+            elif comment:
+                comment.append(body)
+            continue
+        if stripped.startswith("- "):
+            comment = []
+            continue
+        match = re.match(r"^([A-Za-z0-9_.\-]+):", stripped)
+        if not match:
+            continue
+        indent = len(line) - len(line.lstrip())
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = [key for _, key in stack] + [match.group(1)]
+        try:
+            value: Any = values
+            for part in path:
+                value = value[part]
+        except (KeyError, TypeError):  # inside a list item
+            comment = []
+            continue
+        stack.append((indent, match.group(1)))
+        dotted = ".".join(path)
+        if covered_prefix and dotted.startswith(covered_prefix + "."):
+            comment = []
+            continue
+        covered_prefix = None
+        if comment:
+            rows.append(DocumentedValue(dotted, value, " ".join(comment)))
+            if isinstance(value, dict) and value:
+                covered_prefix = dotted
+        comment = []
+    return rows
+
+
+def markdown_default(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if value is None:
+        return "null"
+    if value == "":
+        return '""'
+    if isinstance(value, (dict, list)):
+        text = json.dumps(value, separators=(", ", ": "))
+        return text if len(text) <= 48 else "see values.yaml"
+    return str(value)

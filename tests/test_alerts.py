@@ -266,7 +266,7 @@ MONITORING_TEMPLATES = ("conveyor/templates/monitoring/dashboards-configmap.yaml
 
 @pytest.fixture(scope="module")
 def monitoring_chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The chart's metadata, helpers, values and monitoring templates and files, without the rest."""
+    """The chart's metadata, _helpers.tpl, values and monitoring templates and files, without the rest."""
     import shutil
 
     chart = tmp_path_factory.mktemp("chart") / "conveyor"

@@ -191,8 +191,7 @@ class WatchClosingServer(aiohttp.test_utils.RawTestServer):
     """
 
     async def _make_runner(self, debug: bool = True, **kwargs: Any) -> aiohttp.web.ServerRunner:
-        server = aiohttp.web.Server(self._handler, loop=self._loop, debug=debug, handler_cancellation=True, **kwargs)
-        return aiohttp.web.ServerRunner(server, debug=debug, **kwargs)
+        return await super()._make_runner(debug=debug, **(kwargs | {"handler_cancellation": True}))
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The Prometheus test helper really scrapes: a prometheus_client endpoint, by static target and by
+"""tests/prometheus_server.py really scrapes: a prometheus_client endpoint, by static target and by
 the file_sd file `conveyor up` writes, with Conveyor's rules loaded."""
 
 from __future__ import annotations

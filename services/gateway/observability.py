@@ -26,11 +26,18 @@ class ObserveRequests:
             await send(message)
 
         method = scope["method"]
+        route = "unmatched"
         try:
-            with tracing.request_span(method, scope["path"]):
-                await self.app(scope, receive, capture_status)
+            with tracing.request_span(method, scope["path"]) as span:
+                try:
+                    await self.app(scope, receive, capture_status)
+                finally:
+                    # The matched route template keeps span names and label sets bounded (no job ids).
+                    route = getattr(scope.get("route"), "path", "unmatched")
+                    if span.is_recording():
+                        span.update_name(f"{method} {route}")
+                        span.set_attribute("http.route", route)
+                        span.set_attribute("http.response.status_code", status)
         finally:
-            # The matched route template keeps label cardinality bounded (no job ids in labels).
-            route = getattr(scope.get("route"), "path", "unmatched")
             metrics.HTTP_REQUESTS.labels(method, route, str(status)).inc()
             metrics.HTTP_LATENCY.labels(method, route).observe(time.perf_counter() - started)

@@ -61,6 +61,13 @@ class _RevokeListener(ConsumerRebalanceListener):
         log.info("partitions assigned: %s", _names(assigned))
 
 
+def _create_series(stage: str) -> None:
+    """Export every counter at 0 from the start, so rate() and increase() see the first event."""
+    for counter in (metrics.EVENTS_CONSUMED, metrics.EVENTS_RETRIED, metrics.EVENTS_DEAD_LETTERED,
+                    metrics.EVENTS_SKIPPED):
+        counter.labels(stage)
+
+
 def _names(partitions: set[TopicPartition]) -> str:
     return ", ".join(sorted(f"{tp.topic}[{tp.partition}]" for tp in partitions)) or "none"
 
@@ -85,6 +92,7 @@ class StageWorker:
         # Records of one job (same key) run one after another, so a redelivered duplicate sees
         # the first copy's outcome instead of racing it.
         self._job_locks: dict[bytes, tuple[asyncio.Lock, int]] = {}
+        _create_series(stage.name)
 
     def stop(self) -> None:
         """Stop fetching; the current batch finishes (or hands back its records) and commits."""

@@ -24,9 +24,10 @@ from conveyor.settings import Settings
 from .base import Summary, SummarizerBackend
 
 # Circuit breaker defaults; Settings fields `openai_circuit_failures` and
-# `openai_circuit_open_seconds` take precedence when they are defined.
-DEFAULT_CIRCUIT_FAILURES = 5
-DEFAULT_CIRCUIT_OPEN_SECONDS = 30.0
+# `openai_circuit_open_seconds` take precedence when they are defined. Calls rejected while the
+# circuit is open still use up delivery attempts, so the open window stays short next to the
+# pipeline's retry budget (5 attempts with backoff from 0.5 s).
+DEFAULT_CIRCUIT_OPEN_SECONDS = 5.0
 # Output budget per requested sentence: generous, since the model stops on its own when done.
 TOKENS_PER_SENTENCE = 80
 
@@ -108,8 +109,10 @@ class OpenAIBackend(SummarizerBackend):
         )
         self._slots = asyncio.Semaphore(settings.openai_max_concurrency)
         self.circuit = circuit or CircuitBreaker(
-            failures=getattr(settings, "openai_circuit_failures", DEFAULT_CIRCUIT_FAILURES),
-            open_seconds=getattr(settings, "openai_circuit_open_seconds", DEFAULT_CIRCUIT_OPEN_SECONDS),
+            # Calls in flight fail together when the server blips; needing more consecutive
+            # failures than can be in flight at once keeps one burst from opening the circuit.
+            failures=getattr(settings, "openai_circuit_failures", None) or 2 * settings.openai_max_concurrency,
+            open_seconds=getattr(settings, "openai_circuit_open_seconds", None) or DEFAULT_CIRCUIT_OPEN_SECONDS,
         )
         self._splitter = punkt.tokenizer_for("english", line_breaks="paragraph", prefixes=True)
 
