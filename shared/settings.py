@@ -75,6 +75,12 @@ class Settings(BaseSettings):
     openai_timeout_seconds: float = Field(30.0, gt=0, description="Per-request LLM timeout.")
     openai_max_retries: int = Field(4, ge=0, description="LLM client retries (429/5xx/timeouts, honours Retry-After).")
     openai_max_concurrency: int = Field(8, ge=1, description="LLM calls in flight per summarizer process.")
+    openai_circuit_failures: int = Field(
+        16, ge=1, description="Consecutive LLM failures that open the circuit breaker."
+    )
+    openai_circuit_open_seconds: float = Field(
+        5.0, gt=0, description="How long the open circuit fails fast; keep it below the retry budget."
+    )
     openai_max_input_chars: int = Field(24_000, ge=1000, description="Longer texts are truncated before the LLM call.")
 
     # --- Notifier ----------------------------------------------------------------------------

@@ -217,3 +217,18 @@ async def test_circuit_breaker_opens_half_opens_and_closes(openai_server: FakeOp
     assert metric("conveyor_llm_circuit_open") == 0
     assert (await backend.summarize(DOCUMENT, sentences=1)).text
     assert openai_server.request_count == 6
+
+
+async def test_one_burst_of_concurrent_failures_does_not_open_the_circuit(
+    openai_server: FakeOpenAI, backend_for: Factory
+) -> None:
+    openai_server.script(*[Reply.error(502)] * 3)
+    backend = backend_for(openai_max_concurrency=3, openai_max_retries=0)
+
+    results = await asyncio.gather(
+        *(backend.summarize(DOCUMENT, sentences=1) for _ in range(3)), return_exceptions=True
+    )
+
+    assert all(isinstance(result, TransientError) for result in results)
+    assert not backend.circuit.is_open
+    assert (await backend.summarize(DOCUMENT, sentences=1)).text

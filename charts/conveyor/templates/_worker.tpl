@@ -181,7 +181,7 @@ Call with (dict "root" $ "stage" "<stage>" "dlq" true|false).
 {{- $retention := ternary $topics.dlqRetentionMs $topics.retentionMs .dlq -}}
 {{- $config := dict -}}
 {{- range $key, $value := $topics.additionalConfig -}}
-{{- $_ := set $config $key ($value | toString) -}}
+{{- $_ := set $config $key $value -}}
 {{- end -}}
 {{- $_ := set $config "cleanup.policy" "delete" -}}
 {{- $_ := set $config "retention.ms" ($retention | int64 | toString) -}}

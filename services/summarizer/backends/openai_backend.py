@@ -23,11 +23,8 @@ from conveyor.settings import Settings
 
 from .base import Summary, SummarizerBackend
 
-# Circuit breaker defaults; Settings fields `openai_circuit_failures` and
-# `openai_circuit_open_seconds` take precedence when they are defined. Calls rejected while the
-# circuit is open still use up delivery attempts, so the open window stays short next to the
-# pipeline's retry budget (5 attempts with backoff from 0.5 s).
-DEFAULT_CIRCUIT_OPEN_SECONDS = 5.0
+# Calls rejected while the circuit is open still use up delivery attempts, so the open window
+# (CONVEYOR_OPENAI_CIRCUIT_OPEN_SECONDS) stays short next to the pipeline's retry budget.
 # Output budget per requested sentence: generous, since the model stops on its own when done.
 TOKENS_PER_SENTENCE = 80
 
@@ -111,8 +108,8 @@ class OpenAIBackend(SummarizerBackend):
         self.circuit = circuit or CircuitBreaker(
             # Calls in flight fail together when the server blips; needing more consecutive
             # failures than can be in flight at once keeps one burst from opening the circuit.
-            failures=getattr(settings, "openai_circuit_failures", None) or 2 * settings.openai_max_concurrency,
-            open_seconds=getattr(settings, "openai_circuit_open_seconds", None) or DEFAULT_CIRCUIT_OPEN_SECONDS,
+            failures=settings.openai_circuit_failures,
+            open_seconds=settings.openai_circuit_open_seconds,
         )
         self._splitter = punkt.tokenizer_for("english", line_breaks="paragraph", prefixes=True)
 
