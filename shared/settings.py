@@ -29,6 +29,10 @@ class Settings(BaseSettings):
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field("SCRAM-SHA-256", description="SASL mechanism when SASL is on.")
     sasl_username: str | None = Field(None, description="SASL user name.")
     sasl_password: SecretStr | None = Field(None, description="SASL password (secret).")
+    create_topics: bool = Field(
+        True, description="Create missing topics at start; off when an operator (Redpanda, Conveyor) owns them."
+    )
+    ssl_cafile: Path | None = Field(None, description="CA bundle for Kafka TLS; empty = system CAs.")
     max_message_bytes: int = Field(
         1_048_576, ge=1024, description="Producer max request size; larger payloads use the blob store."
     )
@@ -56,6 +60,10 @@ class Settings(BaseSettings):
     status_store: Literal["sqlite", "redis"] = Field("sqlite", description="Job status backend; redis for several gateway replicas.")
     sqlite_path: Path | None = Field(None, description="Default: <home>/jobs.sqlite3.")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL when the status store is redis.")
+    redis_prefix: str = Field("conveyor:job:", description="Key prefix of job records in Redis.")
+    job_ttl_seconds: int | None = Field(
+        None, ge=1, description="Redis only: job records expire this long after their last update."
+    )
     blob_store: Literal["file", "s3"] = Field("file", description="Claim-check blob store backend.")
     blob_dir: Path | None = Field(None, description="Default: <home>/blobs.")
     s3_bucket: str = Field("conveyor", description="S3 bucket for blobs.")

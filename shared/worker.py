@@ -32,8 +32,9 @@ async def run_worker(stage_name: str, build_stage: StageFactory, settings: Setti
     setup_logging(settings.log_level, json=settings.log_json, service=stage_name)
     tracing.setup_tracing(stage_name, console=settings.trace_console)
     await wait_for_broker(settings)
-    prefix = settings.topic_prefix
-    await ensure_topics(settings, [input_topic(stage_name, prefix), dlq_topic(stage_name, prefix)])
+    if settings.create_topics:
+        prefix = settings.topic_prefix
+        await ensure_topics(settings, [input_topic(stage_name, prefix), dlq_topic(stage_name, prefix)])
     async with AsyncExitStack() as resources:
         store = open_job_store(settings)
         resources.push_async_callback(store.close)

@@ -277,8 +277,7 @@ def skaffold_values(config: dict[str, Any], *, digest: str = "sha256:" + "0" * 6
     flat = {**release.get("setValues", {}),
             **{k: substitute(v) for k, v in release.get("setValueTemplates", {}).items()}}
     for dotted, value in flat.items():
-        values = deep_merge(values, helm_python.parse_set_string_values(f"{dotted}={value}")
-                            if isinstance(value, str) else {dotted: value})
+        values = deep_merge(values, helm_python.parse_set_string_values(f"{dotted}={value}"))
     return values, used
 
 

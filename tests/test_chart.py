@@ -410,12 +410,18 @@ def test_network_policies(name: str, rendered: dict[str, k8s.Manifests]) -> None
         assert 53 in ports and 9093 in ports
         rules = policy["spec"]["egress"]
         assert all(rule.get("ports") for rule in rules[:2]), "DNS and broker rules are port-limited"
-        if component == "summarizer" and openai:
+        redis = (values.get("statusStore") or {}).get("backend") == "redis"
+        s3 = (values.get("blobStore") or {}).get("backend") == "s3"
+        llm = component == "summarizer" and openai
+        webhooks = component == "notifier"
+        # Only what the component needs: DNS, broker, then the stores and its own endpoints.
+        assert len(rules) == 2 + redis + s3 + llm + webhooks, (component, rules)
+        if redis:
+            assert 6379 in ports
+        if llm:
             assert 443 in ports
-        if component in ("gateway", "extractor") or (component == "summarizer" and not openai):
-            assert not ({80, 443} & ports) or (values.get("blobStore") or {}).get("backend") == "s3"
-        if component == "notifier":
-            assert len(rules) >= 3, "the notifier reaches webhooks"
+        if not (s3 or llm or webhooks):
+            assert not ({80, 443} & ports), (component, ports)
 
 
 # --------------------------------------------------------------------------- skaffold and images

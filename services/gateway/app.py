@@ -45,7 +45,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tracing.setup_tracing("gateway", console=settings.trace_console)
-        await ensure_topics(settings, all_topics(settings.topic_prefix))
+        if settings.create_topics:
+            await ensure_topics(settings, all_topics(settings.topic_prefix))
         app.state.producer = make_producer(settings)
         await app.state.producer.start()
         app.state.store = open_job_store(settings)

@@ -72,7 +72,6 @@ def _env(spec: PipelineSpec, stage: StageSpec) -> list[dict[str, Any]]:
     generated = {
         "CONVEYOR_BOOTSTRAP_SERVERS": spec.kafka.bootstrap_servers,
         "CONVEYOR_TOPIC_PREFIX": spec.kafka.topic_prefix,
-        "CONVEYOR_PARTITIONS": str(stage.partitions),
         "CONVEYOR_METRICS_PORT": str(METRICS_PORT),
         "CONVEYOR_STAGE": stage.name,
         "CONVEYOR_INPUT_TOPIC": spec.input_topic(stage),

@@ -42,9 +42,10 @@ async def ensure_pipeline(runtime: Runtime, *, trigger: str, body: kopf.Body, pa
     if body.get("metadata", {}).get("deletionTimestamp"):
         return  # being deleted: the finalizer decides what happens now
     started = time.monotonic()
-    generation = body.get("metadata", {}).get("generation")
     try:
-        result = await reconcile(runtime, body, logger)
+        async with runtime.lock(body["metadata"]["uid"]):
+            generation = body.get("metadata", {}).get("generation")
+            result = await reconcile(runtime, body, logger)
     except SpecError as exc:
         metrics.RECONCILES.labels(trigger, "invalid").inc()
         _write_status(patch, body, invalid_status(generation=generation, message=str(exc),
@@ -65,8 +66,9 @@ async def ensure_pipeline(runtime: Runtime, *, trigger: str, body: kopf.Body, pa
 
 async def delete_pipeline(runtime: Runtime, *, body: kopf.Body, logger: Logger) -> None:
     try:
-        for line in await finalize(runtime, body, logger):
-            logger.info("%s", line)
+        async with runtime.lock(body["metadata"]["uid"]):
+            for line in await finalize(runtime, body, logger):
+                logger.info("%s", line)
     except SpecError as exc:
         metrics.RECONCILES.labels("delete", "invalid").inc()
         raise kopf.PermanentError(f"topics not deleted, the spec does not name them: {exc}") from None
@@ -75,6 +77,7 @@ async def delete_pipeline(runtime: Runtime, *, body: kopf.Body, logger: Logger) 
         raise kopf.TemporaryError(f"deleting topics failed ({type(exc).__name__}: {exc}); retrying",
                                   delay=runtime.config.retry_seconds) from None
     metrics.RECONCILES.labels("delete", "ok").inc()
+    runtime.locks.pop(body["metadata"]["uid"], None)
 
 
 def login(runtime: Runtime, /, **kwargs: Any) -> kopf.ConnectionInfo | None:

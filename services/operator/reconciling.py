@@ -6,6 +6,8 @@ second time, and a child deleted or edited by hand comes back to shape on the ne
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,6 +40,11 @@ class Runtime:
     config: OperatorConfig
     kafka: Kafka
     kube: KubeClient | None = None
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    def lock(self, uid: str) -> asyncio.Lock:
+        """One reconcile at a time per Pipeline: the timer and a change handler never interleave."""
+        return self.locks.setdefault(uid, asyncio.Lock())
 
     def api(self) -> KubeClient:
         if self.kube is None:
@@ -116,7 +123,8 @@ async def _lag(kafka: Kafka, spec: PipelineSpec, logger: logging.Logger | loggin
 async def reconcile(runtime: Runtime, body: Mapping[str, Any], logger: logging.Logger | logging.LoggerAdapter
                     ) -> Result:
     """Apply the spec to every owned object and return the status to write. Raises SpecError."""
-    spec = parse_spec(body.get("spec"))
+    generation = body.get("metadata", {}).get("generation")  # read with the spec: kopf's body is live
+    spec = parse_spec(copy.deepcopy(body.get("spec")))
     owner = Owner.from_body(body)
     kube = runtime.api()
     result = Result(status={})
@@ -151,7 +159,7 @@ async def reconcile(runtime: Runtime, body: Mapping[str, Any], logger: logging.L
             deployed=True,
             lag=lags.get(spec.consumer_group(stage)),
         ))
-    result.status = build_status(generation=body.get("metadata", {}).get("generation"), stages=stages,
+    result.status = build_status(generation=generation, stages=stages,
                                  problems=problems, previous=body.get("status"))
     return result
 

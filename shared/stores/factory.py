@@ -11,7 +11,7 @@ def open_job_store(settings: Settings) -> JobStore:
     if settings.status_store == "redis":
         from conveyor.stores.redis_store import RedisJobStore
 
-        return RedisJobStore(settings.redis_url)
+        return RedisJobStore(settings.redis_url, prefix=settings.redis_prefix, ttl_seconds=settings.job_ttl_seconds)
     from conveyor.stores.sqlite_store import SqliteJobStore
 
     return SqliteJobStore(settings.resolved_sqlite_path())

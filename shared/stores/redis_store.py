@@ -46,7 +46,12 @@ return claimed
 
 
 class RedisJobStore(JobStore):
-    """Job status in Redis; safe for any number of processes and pods."""
+    """Job status in Redis; safe for any number of processes and pods.
+
+    `prefix` namespaces the keys (several pipelines can share one Redis); `ttl_seconds` expires a
+    job that long after its last write (None keeps jobs until deleted). `client`, when given, must
+    decode responses (`decode_responses=True`).
+    """
 
     def __init__(
         self,
