@@ -18,7 +18,7 @@ import kopf
 
 from conveyor.operator import metrics
 from conveyor.operator.builders import GROUP, PLURAL, VERSION
-from conveyor.operator.kube import KubeClient
+from conveyor.operator.kube import PIPELINES, ApiError, KubeClient
 from conveyor.operator.reconciling import KAFKA_FAILURES, Runtime, finalize, reconcile
 from conveyor.operator.spec import SpecError
 from conveyor.operator.status import changed_fields, invalid_status
@@ -29,39 +29,46 @@ DELETE_RETRIES = 10
 Logger = logging.Logger | logging.LoggerAdapter
 
 
-def _write_status(patch: kopf.Patch, body: Mapping[str, Any], status: Mapping[str, Any]) -> None:
-    """Put only what changed into the status patch, so an unchanged pipeline gets no write."""
+async def _write_status(runtime: Runtime, body: Mapping[str, Any], status: Mapping[str, Any]) -> None:
+    """Patch `.status` with what changed (nothing changed: no write). Called under the Pipeline's lock,
+    so a slower reconcile of an older generation can never land after a newer one."""
     changes = changed_fields(body.get("status"), status)
-    if changes:
-        patch.setdefault("status", {}).update(changes)
+    if not changes:
+        return
+    meta = body["metadata"]
+    try:
+        await runtime.api().patch(PIPELINES, meta["namespace"], meta["name"], {"status": changes},
+                                  subresource="status")
+    except ApiError as exc:
+        if exc.status != 404:  # 404: deleted meanwhile, nothing to report on
+            raise
 
 
-async def ensure_pipeline(runtime: Runtime, *, trigger: str, body: kopf.Body, patch: kopf.Patch,
-                          logger: Logger) -> None:
+async def ensure_pipeline(runtime: Runtime, *, trigger: str, body: kopf.Body, logger: Logger) -> None:
     """Reconcile now; raise kopf.PermanentError for a spec that cannot be applied."""
     if body.get("metadata", {}).get("deletionTimestamp"):
         return  # being deleted: the finalizer decides what happens now
     started = time.monotonic()
-    try:
-        async with runtime.lock(body["metadata"]["uid"]):
-            generation = body.get("metadata", {}).get("generation")
+    async with runtime.lock(body["metadata"]["uid"]):
+        generation = body.get("metadata", {}).get("generation")
+        try:
             result = await reconcile(runtime, body, logger)
-    except SpecError as exc:
-        metrics.RECONCILES.labels(trigger, "invalid").inc()
-        _write_status(patch, body, invalid_status(generation=generation, message=str(exc),
-                                                  previous=body.get("status")))
-        if trigger == "timer":
-            return  # already reported; retrying cannot help until the spec changes
-        raise kopf.PermanentError(f"invalid Pipeline spec: {exc}") from None
-    except Exception:
-        metrics.RECONCILES.labels(trigger, "error").inc()
-        raise
-    finally:
-        metrics.RECONCILE_SECONDS.labels(trigger).observe(time.monotonic() - started)
+        except SpecError as exc:
+            metrics.RECONCILES.labels(trigger, "invalid").inc()
+            await _write_status(runtime, body, invalid_status(generation=generation, message=str(exc),
+                                                              previous=body.get("status")))
+            if trigger == "timer":
+                return  # already reported; retrying cannot help until the spec changes
+            raise kopf.PermanentError(f"invalid Pipeline spec: {exc}") from None
+        except Exception:
+            metrics.RECONCILES.labels(trigger, "error").inc()
+            raise
+        finally:
+            metrics.RECONCILE_SECONDS.labels(trigger).observe(time.monotonic() - started)
+        for child, action in result.actions.items():
+            logger.info("%s %s", action, child)
+        await _write_status(runtime, body, result.status)
     metrics.RECONCILES.labels(trigger, "ok").inc()
-    for child, action in result.actions.items():
-        logger.info("%s %s", action, child)
-    _write_status(patch, body, result.status)
 
 
 async def delete_pipeline(runtime: Runtime, *, body: kopf.Body, logger: Logger) -> None:
@@ -109,15 +116,15 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
 
     for reason, decorator in (("create", kopf.on.create), ("update", kopf.on.update), ("resume", kopf.on.resume)):
         def bind(trigger: str) -> Any:
-            async def handler(body: kopf.Body, patch: kopf.Patch, logger: Logger, **_: Any) -> None:
-                await ensure_pipeline(runtime, trigger=trigger, body=body, patch=patch, logger=logger)
+            async def handler(body: kopf.Body, logger: Logger, **_: Any) -> None:
+                await ensure_pipeline(runtime, trigger=trigger, body=body, logger=logger)
             return handler
         decorator(**pipelines, id=f"ensure-on-{reason}", backoff=retry)(bind(reason))
 
     @kopf.timer(**pipelines, id="reconcile", interval=runtime.config.reconcile_seconds,
                 initial_delay=runtime.config.reconcile_seconds, backoff=runtime.config.reconcile_seconds)
-    async def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: Logger, **_: Any) -> None:
-        await ensure_pipeline(runtime, trigger="timer", body=body, patch=patch, logger=logger)
+    async def _reconcile(body: kopf.Body, logger: Logger, **_: Any) -> None:
+        await ensure_pipeline(runtime, trigger="timer", body=body, logger=logger)
 
     @kopf.on.delete(**pipelines, id="finalize", backoff=retry, retries=DELETE_RETRIES)
     async def _finalize(body: kopf.Body, logger: Logger, **_: Any) -> None:

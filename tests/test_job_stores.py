@@ -1,10 +1,9 @@
-"""RedisJobStore against a real redis-server (Debian's), started on a free port for this module."""
+"""The JobStore contract, met by SQLite and by Redis (a real redis-server, Debian's, on a free port)."""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -14,24 +13,19 @@ import pytest
 from redis import Redis as SyncRedis
 
 from conveyor.errors import TransientError
-from conveyor.stores.base import JobRecord, JobState, StageState
+from conveyor.kafka.embedded import free_port
+from conveyor.stores.base import JobRecord, JobState, JobStore, StageState
 from conveyor.stores.redis_store import RedisJobStore
+from conveyor.stores.sqlite_store import SqliteJobStore
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A throwaway redis-server with persistence off; yields its URL."""
-    if not shutil.which(REDIS_SERVER):
-        pytest.skip("redis-server is not installed (Debian package redis-server)")
-    port = _free_port()
+    assert shutil.which(REDIS_SERVER), "redis-server is missing: ./scripts/test installs Debian's redis-server"
+    port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
         [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -61,10 +55,13 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             proc.wait()
 
 
-@pytest.fixture
-async def store(redis_url: str) -> AsyncIterator[RedisJobStore]:
-    """A store with a prefix of its own, so tests never see each other's keys."""
-    s = RedisJobStore(redis_url, prefix=f"test:{uuid.uuid4().hex[:8]}:job:")
+@pytest.fixture(params=["redis", "sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[JobStore]:
+    """Each backend in turn; a Redis store gets a prefix of its own, so tests never share keys."""
+    if request.param == "redis":
+        s: JobStore = RedisJobStore(request.getfixturevalue("redis_url"), prefix=f"test:{uuid.uuid4().hex[:8]}:job:")
+    else:
+        s = SqliteJobStore(tmp_path / "jobs.sqlite3")
     yield s
     await s.close()
 
@@ -73,7 +70,7 @@ def _record(job_id: str | None = None, **fields: object) -> JobRecord:
     return JobRecord(job_id=job_id or uuid.uuid4().hex, user_id="u1", **fields)
 
 
-async def test_create_get_roundtrip(store: RedisJobStore) -> None:
+async def test_create_get_roundtrip(store: JobStore) -> None:
     record = _record(callback_url="https://example.com/hook", meta={"size": 12, "tags": []})
     await store.create(record)
     loaded = await store.get(record.job_id)
@@ -81,7 +78,7 @@ async def test_create_get_roundtrip(store: RedisJobStore) -> None:
     assert await store.get("no-such-job") is None
 
 
-async def test_create_is_idempotent(store: RedisJobStore) -> None:
+async def test_create_is_idempotent(store: JobStore) -> None:
     record = _record()
     await store.create(record)
     await store.update_stage(record.job_id, "extractor", StageState.running, attempts=1)
@@ -90,7 +87,7 @@ async def test_create_is_idempotent(store: RedisJobStore) -> None:
     assert loaded is not None and loaded.stages["extractor"].state == StageState.running
 
 
-async def test_update_stage_transitions(store: RedisJobStore) -> None:
+async def test_update_stage_transitions(store: JobStore) -> None:
     record = _record()
     await store.create(record)
 
@@ -119,7 +116,7 @@ async def test_update_stage_transitions(store: RedisJobStore) -> None:
     assert loaded is not None and loaded.state == JobState.running and loaded.error is None
 
 
-async def test_update_stage_is_idempotent(store: RedisJobStore) -> None:
+async def test_update_stage_is_idempotent(store: JobStore) -> None:
     record = _record()
     await store.create(record)
     for _ in range(3):
@@ -131,15 +128,21 @@ async def test_update_stage_is_idempotent(store: RedisJobStore) -> None:
     assert loaded.stages["extractor"].attempts == 2
 
 
-async def test_writes_to_unknown_jobs_create_nothing(store: RedisJobStore, redis_url: str) -> None:
+async def test_writes_to_unknown_jobs_create_nothing(store: JobStore) -> None:
     await store.update_stage("ghost", "extractor", StageState.running, attempts=1)
     await store.complete("ghost", summary="nothing")
     assert await store.mark_notified("ghost") is False
     assert await store.get("ghost") is None
+
+
+async def test_redis_writes_to_unknown_jobs_leave_no_key(redis_url: str) -> None:
+    store = RedisJobStore(redis_url, prefix=f"test:{uuid.uuid4().hex[:8]}:job:")
+    await store.update_stage("ghost", "extractor", StageState.running, attempts=1)
     assert SyncRedis.from_url(redis_url).exists(store.key("ghost")) == 0
+    await store.close()
 
 
-async def test_complete(store: RedisJobStore) -> None:
+async def test_complete(store: JobStore) -> None:
     record = _record(meta={"kind": "html"})
     await store.create(record)
     await store.update_stage(record.job_id, "summarizer", StageState.done, attempts=1)
@@ -152,7 +155,7 @@ async def test_complete(store: RedisJobStore) -> None:
     assert loaded.error is None
 
 
-async def test_mark_notified_only_once(store: RedisJobStore) -> None:
+async def test_mark_notified_only_once(store: JobStore) -> None:
     record = _record()
     await store.create(record)
     assert await store.mark_notified(record.job_id) is True
@@ -166,14 +169,14 @@ async def test_mark_notified_only_once(store: RedisJobStore) -> None:
     assert loaded is not None and loaded.notified_at == first
 
 
-async def test_mark_notified_concurrently_has_one_winner(store: RedisJobStore) -> None:
+async def test_mark_notified_concurrently_has_one_winner(store: JobStore) -> None:
     record = _record()
     await store.create(record)
     results = await asyncio.gather(*(store.mark_notified(record.job_id) for _ in range(50)))
     assert results.count(True) == 1
 
 
-async def test_concurrent_update_stage_loses_nothing(store: RedisJobStore) -> None:
+async def test_concurrent_update_stage_loses_nothing(store: JobStore) -> None:
     """50 writers at once: every stage they wrote is there, the record is whole and consistent."""
     record = _record()
     await store.create(record)
@@ -189,7 +192,7 @@ async def test_concurrent_update_stage_loses_nothing(store: RedisJobStore) -> No
     assert loaded.state == JobState.running
 
 
-async def test_concurrent_attempts_on_one_stage_keep_the_highest(store: RedisJobStore) -> None:
+async def test_concurrent_attempts_on_one_stage_keep_the_highest(store: JobStore) -> None:
     record = _record()
     await store.create(record)
     await asyncio.gather(*(
@@ -220,7 +223,8 @@ async def test_ttl_applies_on_every_write(redis_url: str) -> None:
         await store.close()
 
 
-async def test_keys_carry_the_prefix(store: RedisJobStore, redis_url: str) -> None:
+async def test_keys_carry_the_prefix(redis_url: str) -> None:
+    store = RedisJobStore(redis_url, prefix=f"test:{uuid.uuid4().hex[:8]}:job:")
     record = _record(job_id="abc")
     await store.create(record)
     sync = SyncRedis.from_url(redis_url, decode_responses=True)
@@ -230,6 +234,7 @@ async def test_keys_carry_the_prefix(store: RedisJobStore, redis_url: str) -> No
         assert sync.ttl(keys[0]) == -1  # no TTL unless asked for
     finally:
         sync.close()
+        await store.close()
 
 
 async def test_gives_up_after_too_many_conflicts(redis_url: str) -> None:
@@ -260,7 +265,7 @@ async def test_gives_up_after_too_many_conflicts(redis_url: str) -> None:
         await store.close()
 
 
-async def test_ping(store: RedisJobStore) -> None:
+async def test_ping(store: JobStore) -> None:
     assert await store.ping() is True
 
 
