@@ -240,13 +240,14 @@ def test_scaled_object_scales_on_the_stage_consumer_group() -> None:
     scaled = build_scaled_object(spec, notifier, OWNER)
     assert scaled["spec"]["scaleTargetRef"]["name"] == "documents-notifier"
     assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (1, 3)
-    assert scaled["spec"]["triggers"] == [{"type": "kafka", "metadata": {
+    assert scaled["spec"]["triggers"] == [{"type": "kafka", "name": "notifier-lag", "metadata": {
         "bootstrapServers": "redpanda.redpanda.svc.cluster.local:9093",
         "consumerGroup": "conveyor-notifier",
         "topic": "conveyor.notify",
         "lagThreshold": "50",
         "activationLagThreshold": "0",
         "offsetResetPolicy": "earliest",
+        "allowIdleConsumers": "false",
     }}]
 
 
@@ -255,7 +256,7 @@ def test_redpanda_topics_name_the_real_topic_and_cluster() -> None:
     topics = build_topics(spec, spec.stage("embedder"), OWNER)
     assert [(t["metadata"]["name"], t["spec"]["overwriteTopicName"], t["spec"]["partitions"]) for t in topics] == [
         ("documents-embedder", "conveyor.embedder", 4), ("documents-embedder-dlq", "conveyor.embedder.dlq", 4)]
-    assert all(t["spec"]["cluster"] == {"clusterRef": {"name": "redpanda"}} for t in topics)
+    assert all(t["spec"]["cluster"] == {"clusterRef": {"name": "redpanda", "namespace": "redpanda"}} for t in topics)
     assert all(t["spec"]["replicationFactor"] == 3 for t in topics)
 
 
@@ -267,11 +268,13 @@ def _as_server_returns(obj: dict[str, Any]) -> dict[str, Any]:
     served["metadata"] |= {"uid": "1", "resourceVersion": "7", "generation": 3}
     served["metadata"]["labels"]["team"] = "docs"
     spec = served["spec"]
-    spec |= {"replicas": 5, "revisionHistoryLimit": 10, "progressDeadlineSeconds": 600}
+    spec |= {"replicas": 5, "progressDeadlineSeconds": 600,
+             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}}
     container = spec["template"]["spec"]["containers"][0]
     container |= {"imagePullPolicy": "IfNotPresent", "terminationMessagePath": "/dev/termination-log"}
     container["resources"] = {"requests": {"cpu": "500m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}}
-    container["readinessProbe"] |= {"timeoutSeconds": 1, "successThreshold": 1, "failureThreshold": 3}
+    container["readinessProbe"]["successThreshold"] = 1
+    container["readinessProbe"]["httpGet"]["scheme"] = "HTTP"
     served["status"] = {"readyReplicas": 5}
     return served
 
@@ -293,7 +296,7 @@ def test_a_changed_field_is_patched_without_touching_replicas() -> None:
     patch = merge_patch(desired, served)
     assert set(patch) == {"metadata", "spec"}
     assert "replicas" not in patch["spec"], "KEDA owns the replica count after creation"
-    assert patch["spec"]["template"]["spec"]["containers"][0]["image"] == "conveyor:0.1.0"
+    assert patch["spec"]["template"]["spec"]["containers"][0]["image"] == "conveyor-summarizer:0.1.0"
     assert [r["uid"] for r in patch["metadata"]["ownerReferences"]] == ["other", OWNER.uid]
     assert not matches({"cpu": "1"}, {"cpu": "999m"}, quantities=True)
 
@@ -328,3 +331,47 @@ def test_status_phases_and_transition_times() -> None:
     invalid = invalid_status(generation=4, message="spec.stages[0].image: Field required", previous=degraded)
     assert invalid["phase"] == "Invalid"
     assert invalid["conditions"][0]["message"] == "spec.stages[0].image: Field required"
+
+
+# --- the chart's operator objects ------------------------------------------------------------------
+
+def render_chart(values: dict[str, Any]) -> list[dict[str, Any]]:
+    import helm_python
+
+    with helm_python.Chart.load(ROOT / "charts/conveyor") as chart:
+        rendered = chart.render(values, name="conveyor", namespace="media", is_install=True)
+    return [doc for path, text in rendered.items() if path.endswith(".yaml") for doc in yaml.safe_load_all(text) if doc]
+
+
+def operator_objects(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {d["kind"]: d for d in docs
+            if d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "operator"}
+
+
+def test_chart_renders_the_operator_only_when_enabled() -> None:
+    assert operator_objects(render_chart({})) == {}
+    objects = operator_objects(render_chart({"operator": {"enabled": True}}))
+    assert sorted(objects) == ["Deployment", "Role", "RoleBinding", "ServiceAccount"]
+    for obj in objects.values():
+        assert kubernetes_validate.validate(obj, K8S_VERSION, strict=True) == K8S_VERSION
+        assert obj["metadata"]["namespace"] == "media"
+
+    deployment = objects["Deployment"]
+    assert (deployment["spec"]["replicas"], deployment["spec"]["strategy"]) == (1, {"type": "Recreate"})
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == objects["ServiceAccount"]["metadata"]["name"] == "conveyor-operator"
+    assert pod["automountServiceAccountToken"] is True
+    container = pod["containers"][0]
+    assert (container["command"], container["args"]) == (["conveyor"], ["operator"])
+    assert container["image"] == "conveyor-operator:0.1.0"
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["CONVEYOR_OPERATOR_NAMESPACES"] == "media"
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert (ports["health"], ports["metrics"]) == (int(env["CONVEYOR_OPERATOR_HEALTH_PORT"]),
+                                                  int(env["CONVEYOR_OPERATOR_METRICS_PORT"]))
+
+    binding = objects["RoleBinding"]
+    assert binding["roleRef"]["name"] == objects["Role"]["metadata"]["name"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "conveyor-operator", "namespace": "media"}]
+    assert "ClusterRole" not in objects and "ClusterRoleBinding" not in objects

@@ -57,6 +57,8 @@ class Cluster(kmock.KubernetesEmulator):
 
     async def _handle(self, request: kmock.Request) -> Any:
         data = request.data
+        if request.resource is not None and request.resource.plural and request.resource not in self.resources:
+            raise kmock.KubernetesResourceNotFoundError()  # a kind whose CRD is not installed
         if request.resource is not None and request.action == kmock.action.CREATE and isinstance(data, dict):
             meta = data.setdefault("metadata", {})
             meta.setdefault("uid", str(uuid.uuid4()))
@@ -120,7 +122,7 @@ class FakeKafka:
 @dataclass
 class Operator:
     cluster: Cluster
-    kafka: FakeKafka
+    kafka: Any
     task: asyncio.Task[None]
 
     # The test's own requests close their connections: a kept-alive one leaves a server task that
@@ -166,8 +168,9 @@ def condition(body: Mapping[str, Any] | None, type_: str) -> dict[str, Any]:
 
 
 def pipeline(name: str = "docs", *, mode: str = "redpanda", delete_topics: bool = False,
-             stages: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    kafka: dict[str, Any] = {"bootstrapServers": "kafka:9092", "topicPrefix": "conveyor", "mode": mode}
+             stages: list[dict[str, Any]] | None = None, bootstrap: str = "kafka:9092",
+             prefix: str = "conveyor") -> dict[str, Any]:
+    kafka: dict[str, Any] = {"bootstrapServers": bootstrap, "topicPrefix": prefix, "mode": mode}
     if mode == "redpanda":
         kafka["clusterRef"] = {"name": "redpanda"}
     return {
@@ -208,21 +211,38 @@ async def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
 
 
 @contextlib.asynccontextmanager
-async def running_operator(cluster: Cluster) -> AsyncIterator[Operator]:
+async def running_operator(cluster: Cluster, kafka: Any = None) -> AsyncIterator[Operator]:
     """The operator as a task of this test's own task: kopf cancels, at exit, every task created
     after its start, so it must also be stopped from the task that started it (not a fixture's)."""
     config = OperatorConfig(namespaces=NS, reconcile_seconds=TICK, retry_seconds=TICK,
                             health_port=0, metrics_port=0)
-    kafka = FakeKafka(lags={"conveyor-extractor": {0: 4, 1: 1}, "conveyor-notifier": {0: 0, 1: 2, 2: 0}})
+    if kafka is None:
+        kafka = FakeKafka(lags={"conveyor-extractor": {0: 4, 1: 1}, "conveyor-notifier": {0: 0, 1: 2, 2: 0}})
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(serve(config, Runtime(config=config, kafka=kafka), stop_flag=stop, ready_flag=ready))
     await asyncio.wait_for(ready.wait(), timeout=10)
     try:
         yield Operator(cluster, kafka, task)
         assert not task.done(), f"the operator stopped on its own: {task.exception() if task.done() else ''}"
+        await settle(cluster)
     finally:
         stop.set()
         await asyncio.wait_for(task, timeout=10)
+
+
+async def settle(cluster: Cluster, *, quiet: float = 2 * TICK, limit: float = 5.0) -> None:
+    """Wait until no Pipeline has been written for `quiet` seconds. A write while kopf stops wakes a
+    handler that restarts the reconcile timer, and kopf then waits 5 s for that stray timer."""
+    loop = asyncio.get_running_loop()
+
+    def writes() -> int:
+        return sum(len(obj.history) for (res, _, _), obj in cluster.objects.items() if res == kmock.resource(PIPELINES))
+
+    last, since, deadline = writes(), loop.time(), loop.time() + limit
+    while loop.time() - since < quiet and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+        if (now := writes()) != last:
+            last, since = now, loop.time()
 
 
 async def mark_ready(op: Operator, deployment: str, ready: int) -> None:
@@ -385,3 +405,50 @@ async def test_deleting_an_external_pipeline_deletes_its_topics_through_kafka(cl
         # kopf may run a finalizer more than once (at-least-once), so deleting is idempotent.
         assert sorted(set(operator.kafka.deleted)) == [
             "conveyor.extract", "conveyor.extract.dlq", "conveyor.notify", "conveyor.notify.dlq"]
+
+
+async def test_a_missing_keda_is_reported_and_the_rest_applied(cluster: Cluster) -> None:
+    del cluster.resources[SCALED_OBJECTS]
+    async with running_operator(cluster) as operator:
+        await operator.apply(pipeline())
+        body = await eventually(lambda: operator.pipeline("docs") if operator.pipeline("docs").get(
+            "status", {}).get("phase") == "Degraded" else None, "phase Degraded")
+        degraded = condition(body, "Degraded")
+        assert (degraded["reason"], degraded["message"]) == (
+            "KedaNotInstalled", "the API server does not serve scaledobjects.keda.sh/v1alpha1; install KEDA")
+        assert operator.cluster.names(DEPLOYMENTS) == ["docs-extractor", "docs-notifier"]
+        assert len(operator.cluster.names(TOPICS)) == 4
+
+
+def _verb(request: kmock.Request) -> str:
+    if request.action == kmock.action.UPDATE:
+        return "patch" if request.method == kmock.method.PATCH else "update"
+    return {kmock.action.FETCH: "get", kmock.action.LIST: "list", kmock.action.WATCH: "watch",
+            kmock.action.CREATE: "create", kmock.action.DELETE: "delete"}[request.action]
+
+
+async def test_the_operator_needs_no_more_than_the_chart_role(cluster: Cluster) -> None:
+    """Every API call the operator makes through create, drift repair, update and deletion is
+    allowed by the Role the chart grants it."""
+    from test_operator_builders import operator_objects, render_chart
+
+    role = operator_objects(render_chart({"operator": {"enabled": True}}))["Role"]
+    allowed = {(group, resource, verb) for rule in role["rules"] for group in rule["apiGroups"]
+               for resource in rule["resources"] for verb in rule["verbs"]}
+    async with running_operator(cluster) as operator:
+        await operator.apply(pipeline(delete_topics=True))
+        await eventually(lambda: operator.get(DEPLOYMENTS, "docs-notifier"), "the notifier Deployment")
+        await operator.delete(path(DEPLOYMENTS, "docs-notifier"))
+        await eventually(lambda: operator.get(DEPLOYMENTS, "docs-notifier"), "the Deployment to come back")
+        await operator.patch(path(PIPELINES, "docs"), {"spec": {"stages": pipeline()["spec"]["stages"][:1]}})
+        await eventually(lambda: operator.get(SCALED_OBJECTS, "docs-notifier") is None, "the notifier pruned")
+        await operator.delete(path(PIPELINES, "docs"))
+        await eventually(lambda: operator.pipeline("docs") is None, "the Pipeline to go")
+
+    used = {(r.resource.group, r.resource.plural + (f"/{r.subresource}" if r.subresource else ""), _verb(r))
+            for r in cluster
+            if r.resource is not None and r.resource.plural and r.action is not None
+            and not r.headers.get("User-Agent", "").startswith("kmock/")}  # the test's own calls
+    assert {("apps", "deployments", "create"), ("apps", "deployments", "delete"), ("conveyor.dev", "pipelines", "watch"),
+            ("conveyor.dev", "pipelines/status", "patch"), ("cluster.redpanda.com", "topics", "delete")} <= used
+    assert used - allowed == set(), f"calls the Role does not allow: {sorted(used - allowed)}"

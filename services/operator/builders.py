@@ -22,6 +22,7 @@ PIPELINE_LABEL = "conveyor.dev/pipeline"
 STAGE_LABEL = "conveyor.dev/stage"
 MANAGED_BY = "conveyor-operator"
 METRICS_PORT = 9100
+HOME = "/var/lib/conveyor"  # CONVEYOR_HOME of the Conveyor images
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ def _env(spec: PipelineSpec, stage: StageSpec) -> list[dict[str, Any]]:
         "CONVEYOR_BOOTSTRAP_SERVERS": spec.kafka.bootstrap_servers,
         "CONVEYOR_TOPIC_PREFIX": spec.kafka.topic_prefix,
         "CONVEYOR_METRICS_PORT": str(METRICS_PORT),
+        "CONVEYOR_HOME": HOME,
         "CONVEYOR_STAGE": stage.name,
         "CONVEYOR_INPUT_TOPIC": spec.input_topic(stage),
         "CONVEYOR_DLQ_TOPIC": spec.dlq_topic(stage),
@@ -92,8 +94,14 @@ def _env(spec: PipelineSpec, stage: StageSpec) -> list[dict[str, Any]]:
     return env
 
 
+def _probe(path: str, *, period: int, failures: int) -> dict[str, Any]:
+    return {"httpGet": {"path": path, "port": "metrics"}, "periodSeconds": period, "timeoutSeconds": 3,
+            "failureThreshold": failures}
+
+
 def build_deployment(spec: PipelineSpec, stage: StageSpec, owner: Owner) -> dict[str, Any]:
-    """The stage's worker Deployment. KEDA owns `spec.replicas` after creation."""
+    """The stage's worker Deployment, shaped like the chart's workers (probes on 9100, read-only
+    root filesystem, writable /tmp and home). KEDA owns `spec.replicas` after creation."""
     command, args = stage.container_command()
     container: dict[str, Any] = {
         "name": stage.name,
@@ -102,10 +110,12 @@ def build_deployment(spec: PipelineSpec, stage: StageSpec, owner: Owner) -> dict
         "args": args,
         "env": _env(spec, stage),
         "ports": [{"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"}],
-        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "metrics"}, "periodSeconds": 10},
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "metrics"},
-                          "periodSeconds": 20, "failureThreshold": 3},
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "startupProbe": _probe("/healthz", period=2, failures=45),
+        "livenessProbe": _probe("/healthz", period=10, failures=3),
+        "readinessProbe": _probe("/readyz", period=5, failures=3),
+        "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
+                            "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, {"name": "home", "mountPath": HOME}],
     }
     if stage.image_pull_policy:
         container["imagePullPolicy"] = stage.image_pull_policy
@@ -119,6 +129,7 @@ def build_deployment(spec: PipelineSpec, stage: StageSpec, owner: Owner) -> dict
         "metadata": _metadata(child_name(owner, stage), owner, stage.name),
         "spec": {
             "replicas": stage.min_replicas,
+            "revisionHistoryLimit": 5,
             "selector": {"matchLabels": selector(owner, stage.name)},
             "template": {
                 "metadata": {
@@ -127,8 +138,11 @@ def build_deployment(spec: PipelineSpec, stage: StageSpec, owner: Owner) -> dict
                 },
                 "spec": {
                     "containers": [container],
+                    "automountServiceAccountToken": False,
+                    "enableServiceLinks": False,
                     "terminationGracePeriodSeconds": 60,
-                    "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
+                    "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "volumes": [{"name": "tmp", "emptyDir": {}}, {"name": "home", "emptyDir": {}}],
                 },
             },
         },
@@ -139,13 +153,15 @@ def build_scaled_object(spec: PipelineSpec, stage: StageSpec, owner: Owner) -> d
     """KEDA ScaledObject: scale the stage's Deployment on its consumer group's lag."""
     trigger: dict[str, Any] = {
         "type": "kafka",
+        "name": f"{stage.name}-lag",
         "metadata": {
             "bootstrapServers": spec.kafka.bootstrap_servers,
             "consumerGroup": spec.consumer_group(stage),
             "topic": spec.input_topic(stage),
             "lagThreshold": str(stage.lag_threshold),
             "activationLagThreshold": str(stage.activation_lag_threshold),
-            "offsetResetPolicy": "earliest",
+            "offsetResetPolicy": "earliest",  # as the workers' consumers: a new group starts at the oldest
+            "allowIdleConsumers": "false",
         },
     }
     if spec.kafka.keda_authentication_ref:

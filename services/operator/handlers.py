@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Mapping
@@ -44,12 +45,19 @@ async def _write_status(runtime: Runtime, body: Mapping[str, Any], status: Mappi
             raise
 
 
-async def ensure_pipeline(runtime: Runtime, *, trigger: str, body: kopf.Body, logger: Logger) -> None:
-    """Reconcile now; raise kopf.PermanentError for a spec that cannot be applied."""
+async def ensure_pipeline(runtime: Runtime, *, trigger: str, body: kopf.Body, logger: Logger,
+                          stopped: Any = None) -> None:
+    """Reconcile now; raise kopf.PermanentError for a spec that cannot be applied.
+
+    `stopped` (timers only) is kopf's stop flag: once set, the status is no longer written, since
+    a write would wake the stopping operator and restart the timer it is stopping.
+    """
     if body.get("metadata", {}).get("deletionTimestamp"):
         return  # being deleted: the finalizer decides what happens now
     started = time.monotonic()
     async with runtime.lock(body["metadata"]["uid"]):
+        if body.get("metadata", {}).get("deletionTimestamp"):
+            return  # deleted while waiting for the lock (the timer's body is live)
         generation = body.get("metadata", {}).get("generation")
         try:
             result = await reconcile(runtime, body, logger)
@@ -67,8 +75,32 @@ async def ensure_pipeline(runtime: Runtime, *, trigger: str, body: kopf.Body, lo
             metrics.RECONCILE_SECONDS.labels(trigger).observe(time.monotonic() - started)
         for child, action in result.actions.items():
             logger.info("%s %s", action, child)
-        await _write_status(runtime, body, result.status)
+        if not stopped:
+            await _write_status(runtime, body, result.status)
     metrics.RECONCILES.labels(trigger, "ok").inc()
+
+
+async def reconcile_until_stopped(runtime: Runtime, *, body: kopf.Body, logger: Logger, stopped: Any) -> None:
+    """The timer's reconcile, abandoned as soon as kopf stops the timer (the Pipeline is being deleted
+    or the operator exits): kopf does not wait for a busy timer, and a reconcile is safe to cut
+    short since the next one starts over from the spec."""
+    if stopped:
+        return
+    work = asyncio.ensure_future(ensure_pipeline(runtime, trigger="timer", body=body, logger=logger,
+                                                 stopped=stopped))
+
+    async def stop_requested() -> None:
+        await stopped.wait()
+
+    stop = asyncio.ensure_future(stop_requested())
+    try:
+        await asyncio.wait({work, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (work, stop):
+            task.cancel()
+        await asyncio.gather(work, stop, return_exceptions=True)
+    if work.done() and not work.cancelled() and work.exception() is not None:
+        raise work.exception()  # type: ignore[misc]
 
 
 async def delete_pipeline(runtime: Runtime, *, body: kopf.Body, logger: Logger) -> None:
@@ -123,8 +155,8 @@ def build_registry(runtime: Runtime) -> kopf.OperatorRegistry:
 
     @kopf.timer(**pipelines, id="reconcile", interval=runtime.config.reconcile_seconds,
                 initial_delay=runtime.config.reconcile_seconds, backoff=runtime.config.reconcile_seconds)
-    async def _reconcile(body: kopf.Body, logger: Logger, **_: Any) -> None:
-        await ensure_pipeline(runtime, trigger="timer", body=body, logger=logger)
+    async def _reconcile(body: kopf.Body, logger: Logger, stopped: Any, **_: Any) -> None:
+        await reconcile_until_stopped(runtime, body=body, logger=logger, stopped=stopped)
 
     @kopf.on.delete(**pipelines, id="finalize", backoff=retry, retries=DELETE_RETRIES)
     async def _finalize(body: kopf.Body, logger: Logger, **_: Any) -> None:

@@ -31,6 +31,8 @@ def make_settings(config: OperatorConfig) -> kopf.OperatorSettings:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration")
     settings.peering.standalone = True
+    # A Pipeline being deleted waits for its reconcile timer to stop; check every second, not 60 s.
+    settings.background.cancellation_polling = 1.0
     settings.posting.level = logging.INFO
     # Watching named namespaces needs no cluster-wide discovery of CRDs or namespaces.
     settings.scanning.disabled = bool(config.namespace_list())

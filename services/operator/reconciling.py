@@ -20,7 +20,7 @@ from conveyor.operator.applying import ensure_object
 from conveyor.operator.builders import PIPELINE_LABEL, STAGE_LABEL, Owner
 from conveyor.operator.config import OperatorConfig
 from conveyor.operator.kafka_admin import TopicReport, TopicRequest
-from conveyor.operator.kube import DEPLOYMENTS, SCALED_OBJECTS, TOPICS, KubeClient
+from conveyor.operator.kube import DEPLOYMENTS, SCALED_OBJECTS, TOPICS, ApiError, KubeClient
 from conveyor.operator.spec import KafkaSpec, PipelineSpec, parse_spec
 from conveyor.operator.status import Problem, StageObservation, build_status
 
@@ -62,14 +62,38 @@ def _owned_by(obj: Mapping[str, Any], owner: Owner) -> bool:
     return any(ref.get("uid") == owner.uid for ref in obj.get("metadata", {}).get("ownerReferences") or [])
 
 
+MISSING_KINDS = {
+    "ScaledObject": ("KedaNotInstalled", "the API server does not serve scaledobjects.keda.sh/v1alpha1; install KEDA"),
+    "Topic": ("RedpandaOperatorNotInstalled", "the API server does not serve topics.cluster.redpanda.com/v1alpha2; "
+                                              "install the Redpanda operator or set spec.kafka.mode to external"),
+}
+
+
+async def _ensure(kube: KubeClient, desired: Mapping[str, Any], result: Result, problems: list[Problem],
+                  *, current: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """ensure_object, recording the action; a kind the cluster does not serve becomes a Problem."""
+    try:
+        action, obj = await ensure_object(kube, desired, current=current)
+    except ApiError as exc:
+        if exc.status != 404 or desired["kind"] not in MISSING_KINDS:
+            raise
+        problem = Problem(*MISSING_KINDS[desired["kind"]])
+        if problem not in problems:
+            problems.append(problem)
+        return None
+    if action != "unchanged":
+        result.actions[f"{desired['kind']}/{desired['metadata']['name']}"] = action
+    return obj
+
+
 async def _redpanda_topics(kube: KubeClient, spec: PipelineSpec, owner: Owner, result: Result,
                            problems: list[Problem]) -> dict[str, int]:
     partitions: dict[str, int] = {}
     for stage in spec.stages:
         for dead_letter in (False, True):
             desired = builders.build_topic(spec, stage, owner, dead_letter=dead_letter)
-            topic, name = desired["spec"]["overwriteTopicName"], desired["metadata"]["name"]
-            current = await kube.get(TOPICS, owner.namespace, name)
+            topic = desired["spec"]["overwriteTopicName"]
+            current = await kube.get(TOPICS, owner.namespace, desired["metadata"]["name"])
             have = (current or {}).get("spec", {}).get("partitions")
             if isinstance(have, int) and have > stage.partitions:
                 problems.append(Problem(
@@ -77,10 +101,8 @@ async def _redpanda_topics(kube: KubeClient, spec: PipelineSpec, owner: Owner, r
                     f"topic {topic} has {have} partitions and spec.stages[{spec.stages.index(stage)}].partitions "
                     f"asks for {stage.partitions}; partitions can only grow, so it keeps {have}"))
                 desired = builders.build_topic(spec, stage, owner, dead_letter=dead_letter, partitions=have)
-            action, _ = await ensure_object(kube, desired, current=current)
-            if action != "unchanged":
-                result.actions[f"Topic/{name}"] = action
-            partitions[topic] = desired["spec"]["partitions"]
+            if await _ensure(kube, desired, result, problems, current=current) is not None:
+                partitions[topic] = desired["spec"]["partitions"]
     return partitions
 
 
@@ -137,12 +159,9 @@ async def reconcile(runtime: Runtime, body: Mapping[str, Any], logger: logging.L
 
     deployments: dict[str, dict[str, Any]] = {}
     for stage in spec.stages:
-        for desired in (builders.build_deployment(spec, stage, owner), builders.build_scaled_object(spec, stage, owner)):
-            action, obj = await ensure_object(kube, desired)
-            if action != "unchanged":
-                result.actions[f"{desired['kind']}/{desired['metadata']['name']}"] = action
-            if desired["kind"] == "Deployment":
-                deployments[stage.name] = obj
+        deployment = builders.build_deployment(spec, stage, owner)
+        deployments[stage.name] = await _ensure(kube, deployment, result, problems) or {}
+        await _ensure(kube, builders.build_scaled_object(spec, stage, owner), result, problems)
     await _prune(kube, spec, owner, result)
 
     lags = await _lag(runtime.kafka, spec, logger)
@@ -156,7 +175,7 @@ async def reconcile(runtime: Runtime, body: Mapping[str, Any], logger: logging.L
             partitions=partitions.get(spec.input_topic(stage)),
             replicas=deployment.get("spec", {}).get("replicas"),
             ready_replicas=int((deployment.get("status") or {}).get("readyReplicas") or 0),
-            deployed=True,
+            deployed=bool(deployment),
             lag=lags.get(spec.consumer_group(stage)),
         ))
     result.status = build_status(generation=generation, stages=stages,
