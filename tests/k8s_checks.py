@@ -274,10 +274,12 @@ def skaffold_values(config: dict[str, Any], *, digest: str = "sha256:" + "0" * 6
     values: dict[str, Any] = {}
     for path in release.get("valuesFiles", []):
         values = deep_merge(values, load_values(REPO / path))
-    flat = {**release.get("setValues", {}),
-            **{k: substitute(v) for k, v in release.get("setValueTemplates", {}).items()}}
-    for dotted, value in flat.items():
-        values = deep_merge(values, helm_python.parse_set_string_values(f"{dotted}={value}"))
+    # skaffold passes setValues with --set (typed) and setValueTemplates after templating.
+    for dotted, value in release.get("setValues", {}).items():
+        text = str(value).lower() if isinstance(value, bool) else value
+        values = deep_merge(values, helm_python.parse_set_string(f"{dotted}={text}"))
+    for dotted, value in release.get("setValueTemplates", {}).items():
+        values = deep_merge(values, helm_python.parse_set_string_values(f"{dotted}={substitute(value)}"))
     return values, used
 
 

@@ -453,8 +453,14 @@ def test_skaffold_artifacts_match_chart_images() -> None:
     assert {p["name"] for p in config["profiles"]} >= {"kind", "remote"}
 
 
-@pytest.mark.parametrize("component", COMPONENTS)
-def test_dockerfile(component: str, rendered: dict[str, k8s.Manifests]) -> None:
+@pytest.fixture(scope="module")
+def skaffold_rendered() -> k8s.Manifests:
+    """The chart as `skaffold dev` deploys it: every image, the operator included."""
+    return k8s.render(k8s.skaffold_values(k8s.skaffold_config())[0])
+
+
+@pytest.mark.parametrize("component", (*COMPONENTS, "operator"))
+def test_dockerfile(component: str, skaffold_rendered: k8s.Manifests) -> None:
     dockerfile = k8s.Dockerfile.parse(k8s.REPO / "services" / component / "Dockerfile")
     assert len(dockerfile.stages) >= 2, "multi-stage"
     for base in dockerfile.instructions("FROM"):
@@ -468,7 +474,7 @@ def test_dockerfile(component: str, rendered: dict[str, k8s.Manifests]) -> None:
     assert "apt-get" not in final_runs and "pip install" not in final_runs, "no build tools in the final image"
     assert any("--from=builder" in c for c in dockerfile.instructions("COPY", final))
     assert "pip wheel" in " ".join(dockerfile.instructions("RUN", 0))
-    container = rendered["default"].deployment_for(component)["spec"]["template"]["spec"]["containers"][0]
+    container = skaffold_rendered.deployment_for(component)["spec"]["template"]["spec"]["containers"][0]
     assert dockerfile.exec_form("ENTRYPOINT") + dockerfile.exec_form("CMD") == container["command"] + container["args"]
 
 

@@ -15,12 +15,11 @@ import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewPartitions, NewTopic
 from aiokafka.errors import KafkaError
 
 from conveyor.kafka.admin import make_admin
-from conveyor.kafka.clients import make_consumer
+from conveyor.kafka.lag import group_lag
 from conveyor.operator.spec import KafkaSpec
 from conveyor.operator.status import Problem
 from conveyor.settings import Settings
@@ -142,42 +141,9 @@ class KafkaAdmin:
 
     async def _lag(self, kafka: KafkaSpec, groups: dict[str, str]) -> dict[str, dict[int, int]]:
         settings = self.settings_for(kafka)
-        admin = make_admin(settings)
-        await admin.start()
-        try:
-            existing = set(await admin.list_topics())
-            wanted = sorted({t for t in groups.values() if t in existing})
-            counts = await _partition_counts(admin, wanted)
-            committed: dict[tuple[str, TopicPartition], int] = {}
-            for group, topic in groups.items():
-                partitions = [TopicPartition(topic, p) for p in range(counts.get(topic, 0))]
-                if not partitions:
-                    continue
-                # Partitions are passed explicitly: the embedded broker drops the connection without them.
-                offsets = await admin.list_consumer_group_offsets(group, partitions=partitions)
-                for tp in partitions:
-                    meta = offsets.get(tp)
-                    committed[(group, tp)] = meta.offset if meta is not None and meta.offset >= 0 else 0
-        finally:
-            await admin.close()
-        ends = await self._high_watermarks(settings, {tp: offset for (_, tp), offset in committed.items()})
         result: dict[str, dict[int, int]] = {}
-        for (group, tp), offset in sorted(committed.items(), key=lambda kv: (kv[0][0], kv[0][1].partition)):
-            result.setdefault(group, {})[tp.partition] = max(0, ends[tp] - offset)
+        for group, topic in groups.items():
+            partitions = await group_lag(settings, group, [topic])
+            if partitions:
+                result[group] = {p.partition: p.lag for p in partitions}
         return result
-
-    @staticmethod
-    async def _high_watermarks(settings: Settings, positions: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
-        if not positions:
-            return {}
-        consumer = make_consumer(settings, group_id=None, max_partition_fetch_bytes=1024, fetch_max_bytes=65_536)
-        await consumer.start()
-        try:
-            consumer.assign(list(positions))
-            for tp, offset in positions.items():
-                consumer.seek(tp, offset)
-            while any(consumer.highwater(tp) is None for tp in positions):
-                await consumer.getmany(timeout_ms=200, max_records=1)
-            return {tp: consumer.highwater(tp) for tp in positions}
-        finally:
-            await consumer.stop()

@@ -164,7 +164,8 @@ async def reconcile(runtime: Runtime, body: Mapping[str, Any], logger: logging.L
         await _ensure(kube, builders.build_scaled_object(spec, stage, owner), result, problems)
     await _prune(kube, spec, owner, result)
 
-    lags = await _lag(runtime.kafka, spec, logger)
+    unreachable = any(p.reason == "KafkaUnavailable" for p in problems)
+    lags = {} if unreachable else await _lag(runtime.kafka, spec, logger)
     stages = []
     for stage in spec.stages:
         deployment = deployments[stage.name]
@@ -212,7 +213,7 @@ async def finalize(runtime: Runtime, body: Mapping[str, Any], logger: logging.Lo
                 done.append(f"released Topic {name} (the topic and its data stay)")
         return done
     if delete:
-        spec = parse_spec(raw)  # an invalid spec cannot name its topics: SpecError stops the deletion here
+        spec = parse_spec(raw)  # SpecError: an invalid spec cannot name its topics, so none are deleted
         names = [n for stage in spec.stages for n in (spec.input_topic(stage), spec.dlq_topic(stage))]
         deleted = await runtime.kafka.delete_topics(spec.kafka, names)
         done += [f"deleted topic {name}" for name in deleted]

@@ -61,6 +61,11 @@ async def group_lag(settings: Settings, group: str, topics: list[str], *, timeou
     admin = make_admin(settings)
     await admin.start()
     try:
+        # Describe only topics that exist: the embedded broker creates a topic it is asked about.
+        existing = set(await admin.list_topics())
+        topics = [t for t in topics if t in existing]
+        if not topics:
+            return []
         described = await admin.describe_topics(topics)
         partitions = [
             TopicPartition(d["topic"], p["partition"])
