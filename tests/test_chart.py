@@ -427,23 +427,30 @@ def test_network_policies(name: str, rendered: dict[str, k8s.Manifests]) -> None
 # --------------------------------------------------------------------------- skaffold and images
 
 
+BASE_IMAGE = "conveyor-base"
+
+
 def test_skaffold_artifacts_match_chart_images() -> None:
     config = k8s.skaffold_config()
     assert config["apiVersion"].startswith("skaffold/v4")
     artifacts = {a["image"]: a for a in config["build"]["artifacts"]}
+    services = {image: a for image, a in artifacts.items() if image != BASE_IMAGE}
+    assert artifacts[BASE_IMAGE]["docker"]["dockerfile"] == "shared/Dockerfile"
     values, used = k8s.skaffold_values(config)
-    assert used == {k8s.template_name(image) for image in artifacts}, "every artifact reaches the chart"
+    assert used == {k8s.template_name(image) for image in services}, "every service artifact reaches the chart"
     k8s.validate_values(values)
     manifests = k8s.render(values)
     images = {c["image"] for d in manifests.of("Deployment") for c in d["spec"]["template"]["spec"]["containers"]}
-    assert {k8s.image_repository(i) for i in images} == set(artifacts)
+    assert {k8s.image_repository(i) for i in images} == set(services)
     assert all(i.endswith("@sha256:" + "0" * 64) for i in images)
     for image, artifact in artifacts.items():
         assert artifact["context"] == "."
+        assert (k8s.REPO / artifact["docker"]["dockerfile"]).is_file()
+    for image, artifact in services.items():
         dockerfile = k8s.REPO / artifact["docker"]["dockerfile"]
-        assert dockerfile.is_file(), dockerfile
-        component = image.removeprefix("conveyor-")
-        assert dockerfile.parent.name == component
+        assert dockerfile.parent.name == image.removeprefix("conveyor-")
+        # Built on the base image skaffold built first, passed in as the BASE build argument.
+        assert artifact["requires"] == [{"image": BASE_IMAGE, "alias": "BASE"}]
     (release,) = config["deploy"]["helm"]["releases"]
     assert (k8s.REPO / release["chartPath"]).resolve() == k8s.CHART
     for path in release.get("valuesFiles", []):
@@ -459,23 +466,31 @@ def skaffold_rendered() -> k8s.Manifests:
     return k8s.render(k8s.skaffold_values(k8s.skaffold_config())[0])
 
 
-@pytest.mark.parametrize("component", (*COMPONENTS, "operator"))
-def test_dockerfile(component: str, skaffold_rendered: k8s.Manifests) -> None:
-    dockerfile = k8s.Dockerfile.parse(k8s.REPO / "services" / component / "Dockerfile")
+def test_base_image() -> None:
+    dockerfile = k8s.Dockerfile.parse(k8s.REPO / "shared" / "Dockerfile")
     assert len(dockerfile.stages) >= 2, "multi-stage"
     for base in dockerfile.instructions("FROM"):
         assert base.split()[0] == "python:3.11-slim"
     final = dockerfile.final
     (user,) = dockerfile.instructions("USER", final)
-    assert user.split(":")[0] not in ("root", "0") and user.split(":")[0] == "10001"
+    assert user.split(":")[0] == "10001", "non-root"
     assert not dockerfile.instructions("HEALTHCHECK")
     assert dockerfile.env(final).get("PYTHONUNBUFFERED") == "1"
     final_runs = " ".join(dockerfile.instructions("RUN", final))
     assert "apt-get" not in final_runs and "pip install" not in final_runs, "no build tools in the final image"
     assert any("--from=builder" in c for c in dockerfile.instructions("COPY", final))
     assert "pip wheel" in " ".join(dockerfile.instructions("RUN", 0))
+    assert dockerfile.exec_form("ENTRYPOINT") == ["conveyor"]
+
+
+@pytest.mark.parametrize("component", (*COMPONENTS, "operator"))
+def test_service_dockerfile(component: str, skaffold_rendered: k8s.Manifests) -> None:
+    dockerfile = k8s.Dockerfile.parse(k8s.REPO / "services" / component / "Dockerfile")
+    assert dockerfile.instructions("FROM") == ["${BASE}"], "built on the shared base image"
+    assert not dockerfile.instructions("USER"), "keeps the base image's non-root user"
+    assert not dockerfile.instructions("HEALTHCHECK") and not dockerfile.instructions("RUN")
     container = skaffold_rendered.deployment_for(component)["spec"]["template"]["spec"]["containers"][0]
-    assert dockerfile.exec_form("ENTRYPOINT") + dockerfile.exec_form("CMD") == container["command"] + container["args"]
+    assert ["conveyor"] + dockerfile.exec_form("CMD") == container["command"] + container["args"]
 
 
 def test_dockerignore_keeps_the_context_small() -> None:
