@@ -37,6 +37,9 @@ from conveyor.stores.sqlite_store import SqliteJobStore  # noqa: E402
 from conveyor.topics import STAGES, input_topic  # noqa: E402
 
 
+RUN_TIMEOUT_SECONDS = 900
+
+
 def documents(count: int) -> list[str]:
     return [english_text(seed=i, sentences=12)[:2048] for i in range(count)]
 
@@ -104,7 +107,10 @@ async def run_baseline(bootstrap: str, docs: list[str]) -> tuple[float, list[flo
                            for i, d in enumerate(docs)])
     latencies: list[float] = []
     last = started
+    deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
     while len(latencies) < len(docs):
+        if time.monotonic() > deadline or any(not p.is_alive() for p in processes):
+            raise SystemExit(f"baseline run stopped at {len(latencies)}/{len(docs)} documents")
         for records in (await done.getmany(timeout_ms=1000)).values():
             for record in records:
                 doc = json.loads(record.value)
@@ -140,10 +146,17 @@ async def run_conveyor(bootstrap: str, docs: list[str], home: Path, extra_env: d
     await asyncio.gather(*[await producer.send(topic, e.to_bytes(), key=e.job_id.encode()) for e in events])
     await producer.stop()
     db = sqlite3.connect(settings.resolved_sqlite_path())
+    deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
     while True:
         rows = db.execute("SELECT record FROM jobs WHERE record LIKE '%\"state\":\"completed\"%'").fetchall()
         if len(rows) >= len(docs):
             break
+        dead = [stage for stage, w in zip(STAGES, workers) if w.poll() is not None]
+        if dead or time.monotonic() > deadline:
+            for worker in workers:
+                worker.kill()
+            raise SystemExit(f"conveyor run stopped at {len(rows)}/{len(docs)} jobs"
+                             + (f": {', '.join(dead)} worker exited" if dead else " (timed out)"))
         await asyncio.sleep(0.5)
     records = [JobRecord.model_validate_json(r[0]) for r in rows]
     latencies = [(r.updated_at - r.created_at).total_seconds() for r in records]

@@ -127,14 +127,25 @@ def setup_tracing(service_name: str, *, console: bool = False) -> None:
     log.info("tracing on for %s: exporting to %s", resource.attributes[SERVICE_NAME], ", ".join(names))
 
 
-def shutdown_tracing() -> None:
-    """Flush pending spans and stop the exporters; tracing is off afterwards."""
+SHUTDOWN_SECONDS = 3.0
+
+
+def shutdown_tracing(*, timeout: float = SHUTDOWN_SECONDS) -> None:
+    """Flush pending spans for at most `timeout` seconds and stop the exporters; tracing is off afterwards.
+
+    An unreachable collector must not hold a stopping worker past its grace period: spans not
+    exported in time are dropped (the work itself is already committed).
+    """
     with _state.lock:
         provider = _state.provider
         _state.provider = _state.tracer = _state.memory = None
         _state.configured = False
     if provider is not None:
-        provider.shutdown()
+        stopper = threading.Thread(target=provider.shutdown, name="tracing-shutdown", daemon=True)
+        stopper.start()
+        stopper.join(timeout)
+        if stopper.is_alive():
+            log.warning("trace exporter did not finish within %.0fs; dropping unexported spans", timeout)
 
 
 def install_in_memory_exporter() -> InMemorySpanExporter:

@@ -305,3 +305,19 @@ def test_otlp_http_export_on_shutdown(monkeypatch: pytest.MonkeyPatch) -> None:
     assert path == "/v1/traces"
     assert content_type == "application/x-protobuf"
     assert b"conveyor-summarizer" in body and b"conveyor.notify publish" in body and b"job-7" in body
+
+
+def test_shutdown_is_bounded_when_the_collector_is_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    tracing.shutdown_tracing()
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    tracing.setup_tracing("shutdown-test")
+    for _ in range(50):
+        with tracing.produce_span("conveyor.extract", job_id="j"):
+            pass
+    started = time.monotonic()
+    tracing.shutdown_tracing(timeout=1.0)
+    assert time.monotonic() - started < 2.0
+    assert tracing.kafka_headers() == []
