@@ -19,8 +19,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -169,6 +171,20 @@ async def run_conveyor(bootstrap: str, docs: list[str], home: Path, extra_env: d
     return len(docs) / (last - min(first, started)), latencies
 
 
+class _OtlpSink(BaseHTTPRequestHandler):
+    """Accepts OTLP/HTTP span exports and discards them: tracing cost without a collector's."""
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
 def row(name: str, rate: float, latencies: list[float]) -> str:
     return (f"| {name:<40} | {rate:8.1f} | {percentile(latencies, 0.5) * 1000:9.0f} | "
             f"{percentile(latencies, 0.99) * 1000:9.0f} |")
@@ -187,14 +203,20 @@ async def main() -> None:
         results.append(("plain aiokafka loops (baseline)", *await run_baseline(broker.bootstrap, docs)))
         results.append(("conveyor workers", *await run_conveyor(broker.bootstrap, docs, Path(tmp) / "a", {})))
         if args.tracing:
-            traced = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"}
-            results.append(("conveyor workers, tracing on", *await run_conveyor(broker.bootstrap, docs,
-                                                                                 Path(tmp) / "b", traced)))
+            sink = ThreadingHTTPServer(("127.0.0.1", 0), _OtlpSink)
+            threading.Thread(target=sink.serve_forever, daemon=True).start()
+            traced = {"OTEL_TRACES_EXPORTER": "otlp",
+                      "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink.server_address[1]}"}
+            results.append(("conveyor workers, tracing on (OTLP)", *await run_conveyor(broker.bootstrap, docs,
+                                                                                        Path(tmp) / "b", traced)))
+            sink.shutdown()
     print("| run                                      |   jobs/s |  p50 (ms) |  p99 (ms) |")
     print("|------------------------------------------|----------|-----------|-----------|")
     for name, rate, latencies in results:
         print(row(name, rate, latencies))
     print(f"\nconveyor / baseline throughput: {results[1][1] / results[0][1]:.2f}")
+    if args.tracing:
+        print(f"tracing on / off throughput: {results[2][1] / results[1][1]:.2f}")
 
 
 if __name__ == "__main__":
