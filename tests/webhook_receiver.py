@@ -21,7 +21,10 @@ class WebhookReceiver:
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                body = self.rfile.read(int(self.headers["content-length"]))
+                expected_length = int(self.headers["content-length"])
+                body = self.rfile.read(expected_length)
+                if len(body) < expected_length:
+                    return  # the sender died mid-request (SIGKILL): a dropped connection, not a delivery
                 with receiver._lock:
                     receiver.attempts += 1
                     if receiver.failing:
@@ -31,6 +34,9 @@ class WebhookReceiver:
                     expected = signature(receiver.secret, self.headers["x-conveyor-timestamp"], body)
                     if expected != self.headers["x-conveyor-signature"]:
                         receiver.bad_signatures += 1
+                        self.send_response(401)
+                        self.end_headers()
+                        return
                     receiver.deliveries[json.loads(body)["job_id"]] += 1
                 self.send_response(204)
                 self.end_headers()
