@@ -16,6 +16,19 @@ import httpx
 from conveyor.kafka.embedded import free_port
 
 
+def wait_until_ready(url: str, *, timeout: float) -> bool:
+    """Poll the gateway's /readyz until it answers 200; False when `timeout` passes first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
 @dataclass
 class Pipeline:
     bootstrap: str
@@ -55,15 +68,8 @@ class Pipeline:
 
     def start_gateway(self) -> None:
         self.start("gateway", "gateway")
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"gateway not ready; log:\n{self.log('gateway')}")
+        if not wait_until_ready(self.url, timeout=30):
+            raise TimeoutError(f"gateway not ready; log:\n{self.log('gateway')}")
 
     def start_worker(self, stage: str, index: int = 1, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         return self.start(f"{stage}-{index}", "worker", stage, env=env)

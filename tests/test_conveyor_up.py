@@ -7,14 +7,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
-import httpx
 import psutil
 import pytest
 
 from conveyor.kafka.embedded import free_port
 from documents import english_text
+from pipeline_harness import wait_until_ready
 
 pytestmark = pytest.mark.slow
 
@@ -28,13 +27,7 @@ def test_up_runs_the_pipeline_and_stops_cleanly(tmp_path) -> None:
                           stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        assert wait_until_ready(url, timeout=60), "conveyor up: gateway never became ready"
         children = psutil.Process(up.pid).children()
         # broker + gateway + 2 extractors + 1 summarizer + 2 notifiers
         assert len(children) == 7, [c.cmdline() for c in children]
