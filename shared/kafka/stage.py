@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -168,18 +169,26 @@ class StageWorker:
                 self._consumer.seek(tp, committed)
 
     async def _guarded(self, record: ConsumerRecord) -> None:
-        key = record.key or b""
+        async with self._one_at_a_time(record.key), self._slots:
+            metrics.IN_FLIGHT.labels(self.stage.name).inc()
+            try:
+                await self._handle_record(record)
+            finally:
+                metrics.IN_FLIGHT.labels(self.stage.name).dec()
+
+    @asynccontextmanager
+    async def _one_at_a_time(self, key: bytes | None) -> AsyncIterator[None]:
+        """Serialize records of one job; records without a key carry no job and run freely."""
+        if key is None:
+            yield
+            return
         lock, users = self._job_locks.get(key, (asyncio.Lock(), 0))
         self._job_locks[key] = (lock, users + 1)
         try:
-            async with lock, self._slots:
-                metrics.IN_FLIGHT.labels(self.stage.name).inc()
-                try:
-                    await self._handle_record(record)
-                finally:
-                    metrics.IN_FLIGHT.labels(self.stage.name).dec()
+            async with lock:
+                yield
         finally:
-            lock, users = self._job_locks[key]
+            _, users = self._job_locks[key]
             if users == 1:
                 del self._job_locks[key]
             else:
