@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -26,15 +25,11 @@ from typing import Any
 
 import yaml
 
+from conveyor.kafka.embedded import free_port
+
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 
 Result = list[dict[str, Any]]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class PrometheusServer:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +20,7 @@ import pytest
 import yaml
 
 from conveyor import topics
+from conveyor.kafka.embedded import free_port
 from conveyor.settings import Settings
 import k8s_checks as k8s
 
@@ -355,19 +355,13 @@ def test_gateway_probes_hit_real_routes(rendered: dict[str, k8s.Manifests]) -> N
     assert "/metrics" in routes
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 async def test_worker_probes_hit_real_endpoints(rendered: dict[str, k8s.Manifests]) -> None:
     """Start the workers' real probe server and request every path the chart probes."""
     from conveyor.health import serve_probes
 
     manifests = rendered["default"]
     config = manifests.get("ConfigMap", f"{k8s.RELEASE}-config")["data"]
-    port = _free_port()
+    port = free_port()
     server = await serve_probes("127.0.0.1", port, ready=lambda: True)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
