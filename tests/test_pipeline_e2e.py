@@ -103,6 +103,8 @@ def test_oversized_json_body_is_413(pipeline: Pipeline) -> None:
     response = httpx.post(f"{pipeline.url}/submit", json={"user_id": "u", "content": huge})
     assert response.status_code == 413
     assert "exceeds" in response.json()["detail"]
+    assert 'conveyor_http_requests_total{method="POST",route="unmatched",status="413"}' in \
+        httpx.get(f"{pipeline.url}/metrics").text
 
 
 def test_unsupported_upload_type_is_415(pipeline: Pipeline) -> None:

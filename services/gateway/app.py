@@ -69,12 +69,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Submit documents for extraction and summarization; follow jobs by id.",
         lifespan=lifespan,
     )
-    app.add_middleware(ObserveRequests)
     app.add_middleware(
         BodyLimitMiddleware,
         limits={"/upload": settings.max_upload_bytes},
         default=settings.max_json_bytes,
     )
+    # Added last, so outermost: requests the body limit refuses (413) are measured too.
+    app.add_middleware(ObserveRequests)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
