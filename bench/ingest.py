@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from documents import english_text  # noqa: E402
 
-from conveyor.kafka.embedded import EmbeddedBroker, free_port  # noqa: E402
+from conveyor.cli.embedded_broker import EmbeddedBroker, free_port  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 

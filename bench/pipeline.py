@@ -32,7 +32,7 @@ from documents import english_text  # noqa: E402
 from conveyor.events import Event, Payload  # noqa: E402
 from conveyor.kafka.admin import ensure_topics  # noqa: E402
 from conveyor.kafka.clients import make_consumer, make_producer  # noqa: E402
-from conveyor.kafka.embedded import EmbeddedBroker  # noqa: E402
+from conveyor.cli.embedded_broker import EmbeddedBroker  # noqa: E402
 from conveyor.settings import Settings  # noqa: E402
 from conveyor.stores.base import JobRecord  # noqa: E402
 from conveyor.stores.sqlite_store import SqliteJobStore  # noqa: E402

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from conveyor.kafka.embedded import EmbeddedBroker
+from conveyor.cli.embedded_broker import EmbeddedBroker
 from fakes.openai_server import openai_server  # noqa: F401  (re-exported fixture)
 
 

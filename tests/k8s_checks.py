@@ -12,6 +12,7 @@ import copy
 import json
 import re
 import shlex
+import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -28,8 +29,8 @@ CHART = REPO / "charts" / "conveyor"
 CI_VALUES = CHART / "ci"
 LAPTOP_VALUES = REPO / "k8s" / "values-laptop.yaml"
 SKAFFOLD = REPO / "skaffold.yaml"
-# Upstream CRDs live beside the repository, in ../shared/schemas/crds.
-CRD_DIR = Path(__file__).resolve().parents[2] / "shared" / "schemas" / "crds"
+# Upstream CRDs, copied into the repository with their source (tests/data/crds/README.md).
+CRD_DIR = REPO / "tests" / "data" / "crds"
 
 KUBE_VERSION = "1.30.0"
 RELEASE = "conveyor"
@@ -352,6 +353,16 @@ class Dockerfile:
                 if sep:
                     out[key] = value
         return out
+
+
+def workspace_config() -> dict[str, Any]:
+    """The workspace root's pyproject.toml."""
+    return tomllib.loads((REPO / "pyproject.toml").read_text())
+
+
+def service_config(name: str) -> dict[str, Any]:
+    """services/<name>/pyproject.toml."""
+    return tomllib.loads((REPO / "services" / name / "pyproject.toml").read_text())
 
 
 def walk_leaves(values: Any, prefix: str = "") -> Iterable[str]:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from conveyor.kafka.embedded import free_port
+from conveyor.cli.embedded_broker import free_port
 
 
 def wait_until_ready(url: str, *, timeout: float) -> bool:

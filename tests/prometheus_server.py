@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from conveyor.kafka.embedded import free_port
+from conveyor.cli.embedded_broker import free_port
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 

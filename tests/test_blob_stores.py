@@ -12,7 +12,7 @@ from moto.server import ThreadedMotoServer
 
 from conveyor.errors import PermanentError
 from conveyor.events import BlobRef
-from conveyor.kafka.embedded import free_port
+from conveyor.cli.embedded_broker import free_port
 from conveyor.stores.blobs import BlobStore, BlobTooLarge, FileBlobStore
 from conveyor.stores.s3_blobs import S3BlobStore
 

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from conveyor import topics
-from conveyor.kafka.embedded import free_port
+from conveyor.cli.embedded_broker import free_port
 from conveyor.settings import Settings
 import k8s_checks as k8s
 
@@ -192,9 +192,9 @@ def test_scaled_objects_match_deployments_and_topics(name: str, rendered: dict[s
         assert target.get("kind", "Deployment") == "Deployment" and target["name"] in deployments
         deployment = deployments[target["name"]]
         container = deployment["spec"]["template"]["spec"]["containers"][0]
-        argv = container["command"] + container["args"]
-        assert argv[:2] == ["conveyor", "worker"], argv
-        stage = argv[2]
+        argv = container["command"] + container.get("args", [])
+        assert len(argv) == 1 and argv[0].startswith("conveyor-"), argv
+        stage = argv[0].removeprefix("conveyor-")
         env = manifests.effective_env(deployment)
         settings_prefix = env["CONVEYOR_TOPIC_PREFIX"]
         assert settings_prefix == _prefix(values)
@@ -421,15 +421,18 @@ def test_network_policies(name: str, rendered: dict[str, k8s.Manifests]) -> None
 # --------------------------------------------------------------------------- skaffold and images
 
 
-BASE_IMAGE = "conveyor-base"
+# The two base stages of shared/Dockerfile, as skaffold builds them, and the build argument that
+# passes each into a service's Dockerfile.
+BASE_IMAGES = {"conveyor-build": ("build", "BUILD"), "conveyor-runtime": ("runtime", "RUNTIME")}
 
 
 def test_skaffold_artifacts_match_chart_images() -> None:
     config = k8s.skaffold_config()
     assert config["apiVersion"].startswith("skaffold/v4")
     artifacts = {a["image"]: a for a in config["build"]["artifacts"]}
-    services = {image: a for image, a in artifacts.items() if image != BASE_IMAGE}
-    assert artifacts[BASE_IMAGE]["docker"]["dockerfile"] == "shared/Dockerfile"
+    services = {image: a for image, a in artifacts.items() if image not in BASE_IMAGES}
+    for image, (target, _) in BASE_IMAGES.items():
+        assert artifacts[image]["docker"] == {"dockerfile": "shared/Dockerfile", "target": target}
     values, used = k8s.skaffold_values(config)
     assert used == {k8s.template_name(image) for image in services}, "every service artifact reaches the chart"
     k8s.validate_values(values)
@@ -443,8 +446,8 @@ def test_skaffold_artifacts_match_chart_images() -> None:
     for image, artifact in services.items():
         dockerfile = k8s.REPO / artifact["docker"]["dockerfile"]
         assert dockerfile.parent.name == image.removeprefix("conveyor-")
-        # Built on the base image skaffold built first, passed in as the BASE build argument.
-        assert artifact["requires"] == [{"image": BASE_IMAGE, "alias": "BASE"}]
+        # Built on the two base stages skaffold built first, passed in as build arguments.
+        assert artifact["requires"] == [{"image": base, "alias": alias} for base, (_, alias) in BASE_IMAGES.items()]
     (release,) = config["deploy"]["helm"]["releases"]
     assert (k8s.REPO / release["chartPath"]).resolve() == k8s.CHART
     for path in release.get("valuesFiles", []):
@@ -460,38 +463,50 @@ def skaffold_rendered() -> k8s.Manifests:
     return k8s.render(k8s.skaffold_values(k8s.skaffold_config())[0])
 
 
-def test_base_image() -> None:
+def test_base_images() -> None:
     dockerfile = k8s.Dockerfile.parse(k8s.REPO / "shared" / "Dockerfile")
-    assert len(dockerfile.stages) >= 2, "multi-stage"
-    for base in dockerfile.instructions("FROM"):
-        assert base.split()[0] == "python:3.11-slim"
-    final = dockerfile.final
-    (user,) = dockerfile.instructions("USER", final)
+    assert dockerfile.instructions("FROM") == ["python:3.11-slim AS build", "python:3.11-slim AS runtime"]
+    build, runtime = 0, 1
+    # The build stage installs the uv release the workspace pins for its tests.
+    pinned_uv = next(r for r in k8s.workspace_config()["dependency-groups"]["test"] if r.startswith("uv=="))
+    assert dockerfile.instructions("RUN", build) == [f"pip install {pinned_uv}"]
+    assert dockerfile.env(build)["UV_FROZEN"] == "1", "images install exactly what uv.lock says"
+    assert dockerfile.env(build)["UV_PROJECT_ENVIRONMENT"] == "/opt/conveyor"
+    (user,) = dockerfile.instructions("USER", runtime)
     assert user.split(":")[0] == "10001", "non-root"
     assert not dockerfile.instructions("HEALTHCHECK")
-    assert dockerfile.env(final).get("PYTHONUNBUFFERED") == "1"
-    final_runs = " ".join(dockerfile.instructions("RUN", final))
-    assert "apt-get" not in final_runs and "pip install" not in final_runs, "no build tools in the final image"
-    assert any("--from=builder" in c for c in dockerfile.instructions("COPY", final))
-    assert "pip wheel" in " ".join(dockerfile.instructions("RUN", 0))
-    assert dockerfile.exec_form("ENTRYPOINT") == ["conveyor"]
+    assert dockerfile.env(runtime).get("PYTHONUNBUFFERED") == "1"
+    assert dockerfile.env(runtime)["PATH"].startswith("/opt/conveyor/bin:")
+    runtime_runs = " ".join(dockerfile.instructions("RUN", runtime))
+    assert "apt-get" not in runtime_runs and "install" not in runtime_runs, "no installer in the runtime image"
+    assert not dockerfile.instructions("COPY", runtime), "the runtime base holds no code"
 
 
 @pytest.mark.parametrize("component", (*COMPONENTS, "operator"))
 def test_service_dockerfile(component: str, skaffold_rendered: k8s.Manifests) -> None:
     dockerfile = k8s.Dockerfile.parse(k8s.REPO / "services" / component / "Dockerfile")
-    assert dockerfile.instructions("FROM") == ["${BASE}"], "built on the shared base image"
-    assert not dockerfile.instructions("USER"), "keeps the base image's non-root user"
-    assert not dockerfile.instructions("HEALTHCHECK") and not dockerfile.instructions("RUN")
+    assert dockerfile.instructions("FROM") == ["${BUILD} AS install", "${RUNTIME}"]
+    assert not dockerfile.instructions("USER"), "keeps the runtime image's non-root user"
+    assert not dockerfile.instructions("HEALTHCHECK")
+    install, final = 0, dockerfile.final
+    for source in dockerfile.instructions("COPY", install):
+        assert source.split()[0].startswith(f"services/{component}/"), "only its own folder goes in"
+    for command in dockerfile.instructions("RUN", install):
+        assert command.startswith(f"uv sync --package conveyor-{component}"), command
+    assert dockerfile.instructions("COPY", final) == ["--from=install /opt/conveyor /opt/conveyor"]
+    assert not dockerfile.instructions("RUN", final)
     container = skaffold_rendered.deployment_for(component)["spec"]["template"]["spec"]["containers"][0]
-    assert ["conveyor"] + dockerfile.exec_form("CMD") == container["command"] + container["args"]
+    entrypoint = dockerfile.exec_form("ENTRYPOINT")
+    assert entrypoint == container["command"] and not container.get("args")
+    (script,) = entrypoint
+    assert script in k8s.service_config(component)["project"]["scripts"], "a console script of the service"
 
 
 def test_dockerignore_keeps_the_context_small() -> None:
     lines = [ln.strip() for ln in (k8s.REPO / ".dockerignore").read_text().splitlines()
              if ln.strip() and not ln.startswith("#")]
     assert lines[0] == "*", "allow-list: everything else (.venv, .git, tests) stays out"
-    assert {"!pyproject.toml", "!shared/", "!services/"} <= set(lines)
+    assert {"!pyproject.toml", "!uv.lock", "!shared/", "!services/"} <= set(lines)
 
 
 # --------------------------------------------------------------------------- values are documented

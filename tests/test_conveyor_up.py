@@ -11,7 +11,7 @@ import sys
 import psutil
 import pytest
 
-from conveyor.kafka.embedded import free_port
+from conveyor.cli.embedded_broker import free_port
 from documents import english_text
 from pipeline_harness import wait_until_ready
 

@@ -13,7 +13,7 @@ import pytest
 
 from conveyor.cli.kafka_commands import read_dead_letters
 from conveyor.kafka.clients import make_producer
-from conveyor.kafka.embedded import free_port
+from conveyor.cli.embedded_broker import free_port
 from conveyor.settings import Settings
 from conveyor.topics import input_topic
 from documents import english_text

@@ -13,7 +13,7 @@ import pytest
 from redis import Redis as SyncRedis
 
 from conveyor.errors import TransientError
-from conveyor.kafka.embedded import free_port
+from conveyor.cli.embedded_broker import free_port
 from conveyor.stores.base import JobRecord, JobState, JobStore, StageState
 from conveyor.stores.redis_store import RedisJobStore
 from conveyor.stores.sqlite_store import SqliteJobStore

@@ -29,7 +29,7 @@ from conveyor.operator.spec import SpecError, parse_spec
 from conveyor.operator.status import Problem, StageObservation, build_status, invalid_status
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMAS = Path(__file__).resolve().parents[2] / "shared/schemas/crds"
+SCHEMAS = ROOT / "tests/data/crds"  # upstream CRDs, with their source in the README there
 CRD_SOURCE = ROOT / "services/operator/crd.yaml"
 CRD_COPIES = [ROOT / "charts/conveyor/crds/pipelines.conveyor.dev.yaml", ROOT / "k8s/crds/pipelines.conveyor.dev.yaml"]
 EXAMPLES = [ROOT / "k8s/examples/pipeline.yaml", ROOT / "k8s/examples/pipeline-with-embedder.yaml"]
@@ -144,7 +144,7 @@ def test_extra_stage_gets_prefix_dot_name_and_its_own_command() -> None:
     assert spec.input_topic(embedder) == "conveyor.embedder"
     assert spec.consumer_group(embedder) == "conveyor-embedder"
     assert embedder.container_command() == (["python", "-m", "conveyor_embedder"], [])
-    assert spec.stage("extractor").container_command() == (["conveyor"], ["worker", "extractor"])
+    assert spec.stage("extractor").container_command() == (["conveyor-extractor"], [])
     assert spec.stage("extractor").replicas_ceiling == 6
 
 
@@ -214,7 +214,7 @@ def test_deployment_runs_the_stage_worker_with_its_bindings() -> None:
     assert deployment["metadata"]["name"] == "documents-summarizer"
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     container = pod["spec"]["containers"][0]
-    assert (container["command"], container["args"]) == (["conveyor"], ["worker", "summarizer"])
+    assert (container["command"], container["args"]) == (["conveyor-summarizer"], [])
     env = {e["name"]: e for e in container["env"]}
     assert env["CONVEYOR_BOOTSTRAP_SERVERS"]["value"] == "redpanda.redpanda.svc.cluster.local:9093"
     assert env["CONVEYOR_TOPIC_PREFIX"]["value"] == "conveyor"
@@ -362,7 +362,7 @@ def test_chart_renders_the_operator_only_when_enabled() -> None:
     assert pod["serviceAccountName"] == objects["ServiceAccount"]["metadata"]["name"] == "conveyor-operator"
     assert pod["automountServiceAccountToken"] is True
     container = pod["containers"][0]
-    assert (container["command"], container["args"]) == (["conveyor"], ["operator"])
+    assert container["command"] == ["conveyor-operator"] and "args" not in container
     assert container["image"] == "conveyor-operator:0.1.0"
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["CONVEYOR_OPERATOR_NAMESPACES"] == "media"

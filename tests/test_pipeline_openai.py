@@ -8,7 +8,7 @@ import re
 import httpx
 import pytest
 
-from conveyor.kafka.embedded import free_port
+from conveyor.cli.embedded_broker import free_port
 from documents import english_text
 from fakes.openai_server import FakeOpenAI, Reply
 from pipeline_harness import Pipeline

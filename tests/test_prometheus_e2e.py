@@ -29,7 +29,7 @@ import yaml
 
 from conveyor.cli.supervisor import Child, write_prometheus_targets
 from conveyor.kafka.clients import make_producer
-from conveyor.kafka.embedded import free_port
+from conveyor.cli.embedded_broker import free_port
 from conveyor.settings import Settings
 from conveyor.topics import STAGES, consumer_group, input_topic
 from documents import english_text

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 from conveyor.cli.supervisor import plan_children, write_prometheus_targets
 from conveyor.settings import Settings
-from conveyor.kafka.embedded import free_port
+from conveyor.cli.embedded_broker import free_port
 from prometheus_server import PrometheusServer
 
 RULES = Path(__file__).resolve().parent.parent / "charts" / "conveyor" / "alerts" / "conveyor-rules.yaml"

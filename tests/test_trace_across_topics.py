@@ -15,8 +15,10 @@ import httpx
 from opentelemetry.trace import SpanKind
 
 from conveyor import tracing
-from conveyor.cli.stages import stage_factory
+from conveyor.extractor.handler import build_stage as build_extractor
 from conveyor.gateway.app import create_app
+from conveyor.notifier.handler import build_stage as build_notifier
+from conveyor.summarizer.handler import build_stage as build_summarizer
 from conveyor.kafka.admin import ensure_topics
 from conveyor.kafka.stage import StageWorker
 from conveyor.settings import Settings
@@ -35,7 +37,8 @@ async def test_one_trace_spans_gateway_and_every_stage(broker: str, tmp_path) ->
         store = open_job_store(settings)
         stack.push_async_callback(store.close)
         blobs = open_blob_store(settings)
-        workers = [StageWorker(stage_factory(s)(settings, store, blobs, stack), settings, store) for s in STAGES]
+        builders = (build_extractor, build_summarizer, build_notifier)
+        workers = [StageWorker(build(settings, store, blobs, stack), settings, store) for build in builders]
         tasks = [asyncio.create_task(w.run()) for w in workers]
         try:
             async with app.router.lifespan_context(app):

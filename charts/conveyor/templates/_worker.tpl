@@ -35,8 +35,7 @@ spec:
         - name: {{ $stage }}
           image: {{ include "conveyor.image" $ctx | quote }}
           imagePullPolicy: {{ $root.Values.image.pullPolicy }}
-          command: ["conveyor"]
-          args: ["worker", {{ $stage | quote }}]
+          command: [{{ printf "conveyor-%s" $stage | quote }}]
           ports:
             - name: metrics
               containerPort: {{ include "conveyor.metricsPort" $root }}

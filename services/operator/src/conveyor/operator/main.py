@@ -1,4 +1,4 @@
-"""`conveyor operator`: run the Pipeline operator until SIGTERM.
+"""`conveyor-operator`: run the Pipeline operator until SIGTERM.
 
 Exactly one instance may run: the Deployment has `replicas: 1` and the `Recreate` strategy, and
 kopf runs standalone (no peering resources to install or grant).
@@ -56,7 +56,7 @@ async def serve(config: OperatorConfig, runtime: Runtime, *, stop_flag: asyncio.
 
 
 def run() -> int:
-    """Entry point of `conveyor operator`; returns the process exit code."""
+    """Entry point of `conveyor-operator`; returns the process exit code."""
     try:
         config, settings = OperatorConfig(), Settings()
     except ValidationError as exc:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 
+from conveyor.cli.services import ServiceNotInstalled, service_argv
+from conveyor.settings import Settings, load_settings
 from conveyor.topics import STAGES
 
 DEFAULT_GATEWAY_URL = "http://127.0.0.1:8000"
@@ -33,9 +34,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="first worker metrics port; each worker takes the next (default 9100)")
     up.add_argument("--trace-console", action="store_true", help="print trace spans to the console")
 
-    sub.add_parser("gateway", help="run the HTTP gateway (one process)")
+    sub.add_parser("gateway", help="run the HTTP gateway (one process, as conveyor-gateway)")
 
-    worker = sub.add_parser("worker", help="run one worker process of a stage")
+    worker = sub.add_parser("worker", help="run one worker process of a stage (as conveyor-<stage>)")
     worker.add_argument("stage", choices=STAGES)
 
     submit = sub.add_parser("submit", help="submit a file (or - for stdin text) and print its job id")
@@ -66,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     dlq_replay.add_argument("--job", action="append", dest="jobs", metavar="JOB_ID",
                             help="replay only this job (repeatable)")
 
-    sub.add_parser("operator", help="run the Kubernetes operator for Pipeline resources")
+    sub.add_parser("operator", help="run the Kubernetes operator for Pipeline resources (as conveyor-operator)")
     return parser
 
 
@@ -79,20 +80,23 @@ def main(argv: list[str] | None = None) -> int:
             return client_commands.submit(args.url, args.source, user_id=args.user, callback_url=args.callback_url,
                                           wait=args.wait, timeout=args.timeout)
         return client_commands.status(args.url, args.job_id)
-
-    from pydantic import ValidationError
-
-    from conveyor.settings import Settings
-
     try:
-        settings = Settings()
-    except ValidationError as exc:
-        print(f"invalid CONVEYOR_* setting:\n{exc}", file=sys.stderr)
+        if args.command in ("gateway", "worker", "operator"):
+            return _exec_service(args.stage if args.command == "worker" else args.command)
+        return _run(args, load_settings())
+    except ServiceNotInstalled as exc:
+        print(f"conveyor: {exc}", file=sys.stderr)
         return 2
-    return _run(args, settings)
 
 
-def _run(args: argparse.Namespace, settings) -> int:  # type: ignore[no-untyped-def]
+def _exec_service(name: str) -> int:
+    """Become the service's own process, as its container runs it (signals reach it directly)."""
+    argv = service_argv(name)
+    os.execv(argv[0], argv)
+    return 0  # not reached
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "up":
         from conveyor.cli.supervisor import Supervisor
 
@@ -101,26 +105,6 @@ def _run(args: argparse.Namespace, settings) -> int:  # type: ignore[no-untyped-
         workers = {s: getattr(args, f"{s}_workers") or args.workers for s in STAGES}
         return Supervisor(settings, workers=workers, base_metrics_port=args.metrics_port,
                           embedded=not args.external_broker).run()
-    if args.command == "gateway":
-        import uvicorn
-
-        from conveyor.gateway.app import create_app
-        from conveyor.logging import setup_logging
-
-        setup_logging(settings.log_level, json=settings.log_json, service="gateway")
-        uvicorn.run(create_app(settings), host=settings.gateway_host, port=settings.gateway_port,
-                    log_level=settings.log_level.lower(), access_log=False)
-        return 0
-    if args.command == "worker":
-        from conveyor.cli.stages import stage_factory
-        from conveyor.worker import run_worker
-
-        asyncio.run(run_worker(args.stage, stage_factory(args.stage), settings))
-        return 0
-    if args.command == "operator":
-        from conveyor.operator.main import run as run_operator
-
-        return run_operator() or 0
     from conveyor.cli import kafka_commands as kc
 
     if args.command == "topics":

@@ -14,7 +14,7 @@ from conveyor.health import serve_probes
 from conveyor.kafka.admin import ensure_topics, wait_for_broker
 from conveyor.kafka.stage import Stage, StageWorker
 from conveyor.logging import setup_logging
-from conveyor.settings import Settings
+from conveyor.settings import Settings, load_settings
 from conveyor.stores import open_blob_store, open_job_store
 from conveyor.stores.base import JobStore
 from conveyor.stores.blobs import BlobStore
@@ -25,6 +25,12 @@ log = logging.getLogger(__name__)
 StageFactory = Callable[[Settings, JobStore, BlobStore, AsyncExitStack], Stage]
 
 READY_STALE_SECONDS = 30.0
+
+
+def main(stage_name: str, build_stage: StageFactory) -> int:
+    """Entry point of a stage's worker process (`conveyor-<stage>`): settings from the environment."""
+    asyncio.run(run_worker(stage_name, build_stage, load_settings()))
+    return 0
 
 
 async def run_worker(stage_name: str, build_stage: StageFactory, settings: Settings) -> None:

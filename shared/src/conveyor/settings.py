@@ -6,11 +6,12 @@ Helm chart's ConfigMap and Secret. A wrong value fails at start-up naming its en
 
 from __future__ import annotations
 
+import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_HOME = Path(".conveyor")
@@ -117,3 +118,12 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def load_settings() -> Settings:
+    """Settings for a service's entry point: a bad value ends the process with exit code 2."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        print(f"invalid CONVEYOR_* setting:\n{exc}", file=sys.stderr)
+        raise SystemExit(2) from None

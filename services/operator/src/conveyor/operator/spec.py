@@ -80,10 +80,10 @@ class StageSpec(_Model):
         return self.max_replicas if self.max_replicas is not None else self.partitions
 
     def container_command(self) -> tuple[list[str], list[str]]:
-        """(command, args) of the worker container; default `conveyor worker <name>`."""
-        if self.command is None:
-            return ["conveyor"], list(self.args) if self.args is not None else ["worker", self.name]
-        return list(self.command), list(self.args or ())
+        """(command, args) of the worker container; default `conveyor-<name>`, the entry point
+        of every Conveyor stage image."""
+        command = list(self.command) if self.command is not None else [f"conveyor-{self.name}"]
+        return command, list(self.args or ())
 
 
 class PipelineSpec(_Model):

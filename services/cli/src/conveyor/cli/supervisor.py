@@ -1,7 +1,7 @@
 """`conveyor up`: the embedded broker, the gateway and worker processes on one machine.
 
-Each worker is a child process running `conveyor worker <stage>`, the same command its container
-runs. A child that dies is restarted; Ctrl-C or SIGTERM stops the children (they commit and leave
+Each service is a child process running `python -m conveyor.<service>`, the same program its
+container runs. A child that dies is restarted; Ctrl-C or SIGTERM stops the children (they commit and leave
 their groups), then the broker.
 """
 
@@ -12,12 +12,12 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from conveyor.kafka.embedded import EmbeddedBroker
+from conveyor.cli.embedded_broker import EmbeddedBroker
+from conveyor.cli.services import service_argv
 from conveyor.settings import Settings
 from conveyor.topics import STAGES
 
@@ -44,13 +44,12 @@ class Child:
 
 def plan_children(settings: Settings, workers: dict[str, int], *, base_metrics_port: int, log_dir: Path,
                   env: dict[str, str]) -> list[Child]:
-    command = [sys.executable, "-m", "conveyor.cli.main"]
-    children = [Child("gateway", [*command, "gateway"], env, log_dir / "gateway.log")]
+    children = [Child("gateway", service_argv("gateway"), env, log_dir / "gateway.log")]
     port = base_metrics_port
     for stage in STAGES:
         for index in range(workers[stage]):
             child_env = {**env, "CONVEYOR_METRICS_PORT": str(port)}
-            children.append(Child(f"{stage}-{index + 1}", [*command, "worker", stage], child_env,
+            children.append(Child(f"{stage}-{index + 1}", service_argv(stage), child_env,
                                   log_dir / f"{stage}-{index + 1}.log"))
             port += 1
     return children
@@ -77,6 +76,8 @@ class Supervisor:
         self.stopping = False
 
     def run(self) -> int:
+        for service in ("gateway", *STAGES):
+            service_argv(service)  # a missing service stops us before anything starts
         home = self.settings.home.resolve()
         log_dir = home / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)

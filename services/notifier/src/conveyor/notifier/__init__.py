@@ -1,0 +1,1 @@
+"""Notifier stage: records the finished job and POSTs its signed webhook to the callback URL."""
