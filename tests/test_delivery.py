@@ -68,7 +68,7 @@ def test_garbage_bytes_go_to_the_dlq_and_the_worker_keeps_going(pipeline: Pipeli
     pipeline.wait_for([job_id])
     letters = asyncio.run(read_dead_letters(settings, "extractor"))
     assert len(letters) == 3
-    assert {l.error_type for l in letters} == {"ValidationError"}
+    assert {l.error_type for l in letters} == {"EventDecodeError"}
     assert {l.original() for l in letters} == set(GARBAGE)  # byte for byte
     assert pipeline.processes["extractor-1"].poll() is None
 

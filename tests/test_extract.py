@@ -6,6 +6,7 @@ import codecs
 import gzip
 import io
 import random
+import time
 import zipfile
 
 import docx
@@ -257,3 +258,12 @@ def test_whitespace_is_normalised_but_paragraphs_kept() -> None:
 
     assert normalize_whitespace(raw) == "Title here\n\nFirst line wraps\nonto the next.\n\nNext page."
     assert extract_text(raw.encode("utf-8")).text == normalize_whitespace(raw)
+
+
+def test_unclosed_and_chained_comments_sniff_in_linear_time() -> None:
+    """A 281-byte run of HTML comments once hung format sniffing (exponential backtracking)."""
+    started = time.perf_counter()
+    for document in (b"<!---->" * 40 + b"plain text after comments", b"<!--" * 25_000, b"<!---->" * 14_000 + b"<p>x"):
+        extracted = extract_text(document, content_type=None, filename=None)
+        assert extracted.text
+    assert time.perf_counter() - started < 2.0

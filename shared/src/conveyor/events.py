@@ -1,19 +1,30 @@
 """Versioned event envelopes carried on every stage topic, and the dead-letter record.
 
 An event names the job, the stage that must handle it next and its payload, either inline or as a
-claim-check reference to the blob store. Unknown fields are kept out (`extra="forbid"`) so a
-producer bug shows up as a DLQ entry, not as silently dropped data.
+claim-check reference to the blob store.
+
+Compatibility rule: `version` is the major version of the envelope. Within a major version,
+changes only add optional fields; readers keep fields they do not know (and pass them on
+downstream), so during a rolling upgrade an older worker handles what a newer producer sends. A
+change that removes, renames or retypes a field is a new major version, which a worker that does
+not support it dead-letters with a clear error instead of guessing.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 SCHEMA_VERSION = 1
+SUPPORTED_VERSIONS = frozenset({1})
+
+
+class EventDecodeError(ValueError):
+    """A record's bytes are not an event this worker can read."""
 
 
 def utcnow() -> datetime:
@@ -23,7 +34,7 @@ def utcnow() -> datetime:
 class BlobRef(BaseModel):
     """Claim check: where a large payload lives, and how to verify it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True)
     uri: str
     size: int = Field(ge=0)
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -32,7 +43,7 @@ class BlobRef(BaseModel):
 class Payload(BaseModel):
     """Exactly one of `text`, `data_b64` or `blob` is set."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="allow")
     text: str | None = None
     data_b64: str | None = None
     blob: BlobRef | None = None
@@ -54,8 +65,8 @@ class Payload(BaseModel):
 class Event(BaseModel):
     """One unit of work for one stage."""
 
-    model_config = ConfigDict(extra="forbid")
-    version: Literal[1] = SCHEMA_VERSION
+    model_config = ConfigDict(extra="allow")
+    version: int = SCHEMA_VERSION
     job_id: str = Field(min_length=1, max_length=128)
     user_id: str = Field(min_length=1, max_length=256)
     stage: str
@@ -73,18 +84,41 @@ class Event(BaseModel):
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> "Event":
-        return cls.model_validate_json(raw)
+        """Parse a record; EventDecodeError names what is wrong (bad bytes, unsupported version)."""
+        try:
+            event = cls.model_validate_json(raw)
+        except ValidationError as exc:
+            raise EventDecodeError(_version_problem(raw) or f"not a valid event: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise EventDecodeError(f"not UTF-8 JSON: {exc}") from exc
+        if event.version not in SUPPORTED_VERSIONS:
+            raise EventDecodeError(_unsupported(event.version))
+        return event
 
     def next(self, stage: str, **changes: Any) -> "Event":
         """The event the next stage receives: same job, fresh attempt count and timestamp."""
         return self.model_copy(update={"stage": stage, "attempt": 1, "emitted_at": utcnow(), **changes})
 
 
+def _unsupported(version: object) -> str:
+    return (f"unsupported event version {version!r}: this worker reads version(s) "
+            f"{', '.join(map(str, sorted(SUPPORTED_VERSIONS)))}")
+
+
+def _version_problem(raw: bytes) -> str | None:
+    """A clearer reason than a validation error when the envelope is of another major version."""
+    try:
+        version = json.loads(raw).get("version")
+    except (ValueError, AttributeError):
+        return None
+    return _unsupported(version) if version is not None and version not in SUPPORTED_VERSIONS else None
+
+
 class DeadLetter(BaseModel):
     """What lands on a stage's DLQ: the error and the original record, byte for byte."""
 
-    model_config = ConfigDict(extra="forbid")
-    version: Literal[1] = SCHEMA_VERSION
+    model_config = ConfigDict(extra="allow")
+    version: int = SCHEMA_VERSION
     stage: str
     job_id: str | None
     error_type: str

@@ -1,5 +1,7 @@
 """A tiny HTTP endpoint for workers: /healthz (alive), /readyz (consuming), /metrics (Prometheus).
 
+/healthz answers 503 when `alive()` says the worker is wedged, so Kubernetes restarts it.
+
 Plain asyncio, so a worker needs no web framework for its probes.
 """
 
@@ -11,7 +13,12 @@ from collections.abc import Callable
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 
-async def serve_probes(host: str, port: int, *, ready: Callable[[], bool]) -> asyncio.base_events.Server:
+def _always() -> bool:
+    return True
+
+
+async def serve_probes(host: str, port: int, *, ready: Callable[[], bool],
+                       alive: Callable[[], bool] = _always) -> asyncio.base_events.Server:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request_line = await asyncio.wait_for(reader.readline(), timeout=5)
@@ -22,7 +29,9 @@ async def serve_probes(host: str, port: int, *, ready: Callable[[], bool]) -> as
             if path == "/metrics":
                 status, ctype, body = "200 OK", CONTENT_TYPE_LATEST, generate_latest()
             elif path == "/healthz":
-                status, ctype, body = "200 OK", "text/plain", b"ok\n"
+                is_alive = alive()
+                status = "200 OK" if is_alive else "503 Service Unavailable"
+                ctype, body = "text/plain", b"ok\n" if is_alive else b"stalled: no progress while work is running\n"
             elif path == "/readyz":
                 is_ready = ready()
                 status = "200 OK" if is_ready else "503 Service Unavailable"

@@ -6,6 +6,7 @@ Helm chart's ConfigMap and Secret. A wrong value fails at start-up naming its en
 
 from __future__ import annotations
 
+import os
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -39,12 +40,28 @@ class Settings(BaseSettings):
     )
 
     # --- Delivery ------------------------------------------------------------------------------
-    batch_size: int = Field(64, ge=1, description="Records a worker fetches and commits at once.")
-    concurrency: int = Field(16, ge=1, description="Records a worker processes concurrently.")
-    max_attempts: int = Field(5, ge=1, description="Tries per event before it goes to the DLQ.")
+    batch_size: int = Field(64, ge=1, description="Records a worker fetches at once.")
+    concurrency: int = Field(16, ge=1, description="Records a worker's handler works on at once.")
+    max_in_flight: int = Field(
+        256, ge=1, description="Records a worker holds (handling or waiting to retry); when full it pauses fetching."
+    )
+    commit_interval_seconds: float = Field(0.5, gt=0, description="How often finished offsets are committed.")
+    max_attempts: int = Field(5, ge=1, description="Tries per event before it goes to the DLQ (counted in the job store).")
+    stage_timeout_seconds: float = Field(300.0, gt=0, description="Deadline of one attempt at a record; past it the attempt fails.")
+    max_poll_interval_ms: int = Field(
+        300_000, ge=1000, description="Consumer group poll interval; the worker polls continuously, whatever its records take."
+    )
+    liveness_stall_seconds: float | None = Field(
+        None, gt=0, description="/healthz fails after this long without progress while work is running; default: stage timeout + 60 s."
+    )
     retry_base_seconds: float = Field(0.5, gt=0, description="First retry backoff (doubles, jittered).")
     retry_max_seconds: float = Field(30.0, gt=0, description="Backoff ceiling.")
     session_timeout_ms: int = Field(10_000, ge=1000, description="Consumer group session timeout.")
+
+    # --- Parsing untrusted documents (extractor) -------------------------------------------------
+    parse_processes: int = Field(0, ge=0, description="Parser processes per extractor; 0 = CPU count.")
+    parse_timeout_seconds: float = Field(60.0, gt=0, description="A document still parsing after this is killed; the attempt fails.")
+    parse_memory_mb: int = Field(1024, ge=0, description="Memory a parse may add to its process; past it the attempt fails. 0 = no cap.")
 
     # --- Gateway ---------------------------------------------------------------------------------
     gateway_host: str = Field("127.0.0.1", description="Gateway bind address (the chart sets 0.0.0.0).")
@@ -107,6 +124,12 @@ class Settings(BaseSettings):
     lag_interval_seconds: float = Field(
         15.0, ge=0, description="How often the gateway exports exact consumer lag; 0 = off."
     )
+
+    def resolved_parse_processes(self) -> int:
+        return self.parse_processes or os.cpu_count() or 1
+
+    def resolved_liveness_stall_seconds(self) -> float:
+        return self.liveness_stall_seconds or self.stage_timeout_seconds + 60
 
     def resolved_sqlite_path(self) -> Path:
         return self.sqlite_path or self.home / "jobs.sqlite3"

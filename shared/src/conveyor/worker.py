@@ -54,6 +54,7 @@ async def run_worker(stage_name: str, build_stage: StageFactory, settings: Setti
             server = await serve_probes(
                 "0.0.0.0", settings.metrics_port,
                 ready=lambda: worker.ready and time.monotonic() - worker.last_poll < READY_STALE_SECONDS,
+                alive=worker.alive,
             )
             resources.push_async_callback(_close_server, server)
             log.info("%s probes and metrics on :%d", stage_name, settings.metrics_port)

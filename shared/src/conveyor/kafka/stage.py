@@ -1,9 +1,17 @@
 """The consumer loop every stage runs: one place for delivery semantics.
 
-For each fetched batch the records are handled concurrently; a record counts as done once its
-output (or its dead letter) is acknowledged by the broker. Only then is its offset committed, and
-only up to the first record that is not done, so a crash, a shutdown or a rebalance can redeliver
-work but never lose it. Handlers are idempotent by job id, which makes redelivery harmless.
+Records flow continuously through a bounded in-flight window: fetching goes on while records are
+handled, and when the window is full the worker pauses its partitions (the log holds the rest).
+A record counts as done once its output (or its dead letter) is acknowledged by the broker; each
+partition's committed position follows the lowest record not yet done, on a short interval. So a
+slow or retrying record holds back only its own partition's commit point, never the handling of
+other records, and a crash, shutdown or rebalance can redeliver work but never lose it. Handlers
+are idempotent by job id, which makes redelivery harmless.
+
+Each attempt is counted in the job store before the handler runs, so a record that kills its
+worker is dead-lettered after `max_attempts` instead of being retried forever. Every attempt has a
+deadline. Retries wait outside the handler slots; producing an output retries on its own, so a
+broker error never re-runs a handler that already succeeded.
 """
 
 from __future__ import annotations
@@ -14,18 +22,19 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
-from pydantic import ValidationError
 
 from conveyor import metrics, tracing
 from conveyor.errors import PermanentError
-from conveyor.events import Event
+from conveyor.events import Event, EventDecodeError
 from conveyor.kafka.backoff import backoff_delay
 from conveyor.kafka.clients import make_consumer, make_producer
 from conveyor.kafka.dead_letters import dead_letter_for
+from conveyor.kafka.offsets import PartitionOffsets
 from conveyor.settings import Settings
 from conveyor.stores.base import JobStore, StageState
 from conveyor.topics import consumer_group, dlq_topic, input_topic
@@ -33,6 +42,11 @@ from conveyor.topics import consumer_group, dlq_topic, input_topic
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Event], Awaitable[Event | None]]
+# How long a revoked partition's running handlers may finish before they are cancelled.
+REVOKE_GRACE_SECONDS = 5.0
+SHUTDOWN_GRACE_SECONDS = 25.0
+FETCH_TIMEOUT_MS = 200
+BROKER_RETRY_CAP_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -45,18 +59,24 @@ class Stage:
     skip_done: bool = False
 
 
+class WorkerDied(Exception):
+    """Every attempt at a record started and none finished: it took its worker down each time."""
+
+
+class DeadlineExceeded(Exception):
+    """An attempt ran past CONVEYOR_STAGE_TIMEOUT_SECONDS."""
+
+
 class _Abandoned(Exception):
-    """Shutdown arrived while a record was waiting to retry: leave it uncommitted."""
+    """Shutdown arrived while a record waited (to retry, or for the broker): leave it uncommitted."""
 
 
-class _RevokeListener(ConsumerRebalanceListener):
-    def __init__(self, worker: "StageWorker") -> None:
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, worker: StageWorker) -> None:
         self.worker = worker
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        # The in-flight batch holds this lock until its offsets are committed.
-        async with self.worker.batch_lock:
-            log.info("partitions revoked: %s", _names(revoked))
+        await self.worker._release(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("partitions assigned: %s", _names(assigned))
@@ -74,107 +94,206 @@ def _names(partitions: set[TopicPartition]) -> str:
 
 
 class StageWorker:
-    """Runs one stage against Kafka until `stop()`."""
+    """Runs one stage against Kafka until `stop()`.
 
-    def __init__(self, stage: Stage, settings: Settings, store: JobStore) -> None:
+    `consumer` and `producer` default to real aiokafka clients; tests pass in-memory doubles.
+    """
+
+    def __init__(self, stage: Stage, settings: Settings, store: JobStore, *, consumer: Any = None,
+                 producer: Any = None) -> None:
         self.stage = stage
         self.settings = settings
         self.store = store
         self.topic = input_topic(stage.name, settings.topic_prefix)
         self.dlq = dlq_topic(stage.name, settings.topic_prefix)
         self.group = consumer_group(stage.name, settings.topic_prefix)
-        self.batch_lock = asyncio.Lock()
         self.ready = False
-        self.last_poll = 0.0
+        self.last_poll = time.monotonic()
         self._stopping = asyncio.Event()
-        self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
+        self._consumer = consumer
+        self._producer = producer
         self._slots = asyncio.Semaphore(settings.concurrency)
+        self._partitions: dict[TopicPartition, PartitionOffsets] = {}
+        self._tasks: dict[TopicPartition, set[asyncio.Task[None]]] = {}
+        self._waiting: set[asyncio.Task[None]] = set()  # records waiting to retry, holding no slot
+        self._in_flight = 0
+        self._handling = 0
+        self._last_progress = time.monotonic()
         # Records of one job (same key) run one after another, so a redelivered duplicate sees
         # the first copy's outcome instead of racing it.
         self._job_locks: dict[bytes, tuple[asyncio.Lock, int]] = {}
         _create_series(stage.name)
 
+    # ------------------------------------------------------------------------- lifecycle
+
     def stop(self) -> None:
-        """Stop fetching; the current batch finishes (or hands back its records) and commits."""
+        """Stop fetching; running handlers get a grace period, then what is done is committed."""
         self._stopping.set()
 
+    @property
+    def in_flight(self) -> int:
+        """Records in the window: being handled or waiting to retry."""
+        return self._in_flight
+
+    def alive(self) -> bool:
+        """False when the loop is wedged: no fetch, or handlers running with no attempt finishing,
+        for longer than CONVEYOR_LIVENESS_STALL_SECONDS."""
+        now, stall = time.monotonic(), self.settings.resolved_liveness_stall_seconds()
+        if now - self.last_poll > stall:
+            return False
+        return not (self._handling and now - self._last_progress > stall)
+
     async def run(self) -> None:
-        self._producer = make_producer(self.settings)
-        self._consumer = make_consumer(self.settings, group_id=self.group)
+        self._producer = self._producer or make_producer(self.settings)
+        self._consumer = self._consumer or make_consumer(
+            self.settings, group_id=self.group, max_poll_interval_ms=self.settings.max_poll_interval_ms)
         await self._producer.start()
+        committer: asyncio.Task[None] | None = None
         try:
-            self._consumer.subscribe([self.topic], listener=_RevokeListener(self))
+            self._consumer.subscribe([self.topic], listener=_Rebalance(self))
             await self._consumer.start()
             log.info("%s consuming %s as group %s", self.stage.name, self.topic, self.group)
+            committer = asyncio.create_task(self._commit_forever())
             while not self._stopping.is_set():
-                await self._poll_once()
+                await self._fetch_once()
         finally:
             self.ready = False
+            await self._drain(set(self._tasks), grace=SHUTDOWN_GRACE_SECONDS)
+            if committer:
+                committer.cancel()
+            await self._commit()
             await self._consumer.stop()  # leaves the group so partitions move at once
             await self._producer.stop()
             log.info("%s stopped", self.stage.name)
 
-    async def _poll_once(self) -> None:
-        assert self._consumer is not None
-        batches = await self._consumer.getmany(timeout_ms=500, max_records=self.settings.batch_size)
+    # ------------------------------------------------------------------------- the window
+
+    async def _fetch_once(self) -> None:
+        room = self.settings.max_in_flight - self._in_flight
+        self._apply_backpressure(full=room <= 0)
+        batches = await self._consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS,
+                                               max_records=max(1, min(room, self.settings.batch_size)))
         self.last_poll, self.ready = time.monotonic(), True
-        if not batches:
-            return
-        async with self.batch_lock:
-            try:
-                await self._process_and_commit(batches)
-            except KafkaError as exc:
-                # The broker failed us mid-batch: rewind to the last commit and try again later.
-                log.warning("%s: broker error, rewinding uncommitted records: %s", self.stage.name, exc)
-                await self._rewind(list(batches))
-                await asyncio.sleep(backoff_delay(1, base=self.settings.retry_base_seconds, cap=5))
-
-    async def _process_and_commit(self, batches: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        tasks = {tp: [asyncio.create_task(self._guarded(r)) for r in records] for tp, records in batches.items()}
-        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
-        rewind: list[TopicPartition] = []
-        for tp, record_tasks in tasks.items():
-            results = await asyncio.gather(*record_tasks, return_exceptions=True)
-            done_upto = None
-            for record, result in zip(batches[tp], results):
-                if isinstance(result, BaseException):
-                    if not isinstance(result, _Abandoned):
-                        log.error("%s: record %s[%d]@%d not done: %r", self.stage.name, tp.topic,
-                                  tp.partition, record.offset, result)
-                    rewind.append(tp)
-                    break
-                done_upto = record.offset + 1
-            if done_upto is not None:
-                offsets[tp] = OffsetAndMetadata(done_upto, "")
-        if offsets:
-            try:
-                await self._consumer.commit(offsets)
-            except CommitFailedError as exc:
-                # The group moved on (rebalance); another member will redo these records.
-                log.warning("%s: commit failed, records will be redelivered: %s", self.stage.name, exc)
-        if rewind:
-            await self._rewind(rewind)
-
-    async def _rewind(self, partitions: list[TopicPartition]) -> None:
-        assert self._consumer is not None
+        if not self._handling:
+            self._last_progress = self.last_poll
         assigned = self._consumer.assignment()
-        for tp in partitions:
+        for tp, records in batches.items():
             if tp not in assigned:
-                continue
-            committed = await self._consumer.committed(tp)
-            if committed is None:
-                await self._consumer.seek_to_beginning(tp)
-            else:
-                self._consumer.seek(tp, committed)
+                continue  # revoked while the fetch was answered
+            offsets = self._partitions.setdefault(tp, PartitionOffsets())
+            for record in records:
+                offsets.track(record.offset)
+                self._start(tp, offsets, record)
 
-    async def _guarded(self, record: ConsumerRecord) -> None:
-        async with self._one_at_a_time(record.key), self._slots:
-            metrics.IN_FLIGHT.labels(self.stage.name).inc()
+    def _apply_backpressure(self, *, full: bool) -> None:
+        """Pause every partition while the window is full; the log holds the rest."""
+        paused = self._consumer.paused()
+        if full:
+            to_pause = self._consumer.assignment() - paused
+            if to_pause:
+                self._consumer.pause(*to_pause)
+        elif paused:
+            self._consumer.resume(*paused)
+
+    def _start(self, tp: TopicPartition, offsets: PartitionOffsets, record: ConsumerRecord) -> None:
+        self._in_flight += 1
+        task = asyncio.create_task(self._process(offsets, record))
+        self._tasks.setdefault(tp, set()).add(task)
+
+        def finished(done: asyncio.Task[None]) -> None:
+            self._in_flight -= 1
+            self._tasks.get(tp, set()).discard(done)
+            self._waiting.discard(done)
+
+        task.add_done_callback(finished)
+
+    async def _process(self, offsets: PartitionOffsets, record: ConsumerRecord) -> None:
+        """Take one record to a durable outcome. Failures of our own dependencies (job store,
+        broker) are not the record's: it waits and tries again, uncharged."""
+        failures = 0
+        while True:
             try:
-                await self._handle_record(record)
-            finally:
-                metrics.IN_FLIGHT.labels(self.stage.name).dec()
+                async with self._one_at_a_time(record.key):
+                    await self._handle_record(record)
+                offsets.finish(record.offset)
+                self._last_progress = time.monotonic()
+                return
+            except _Abandoned:
+                return
+            except Exception as exc:  # noqa: BLE001 - a dependency failed; the record is not at fault
+                failures += 1
+                log.warning("%s: record %s[%d]@%d could not be finished (%s: %s); trying again",
+                            self.stage.name, record.topic, record.partition, record.offset,
+                            type(exc).__name__, exc)
+                try:
+                    await self._wait(backoff_delay(failures, base=self.settings.retry_base_seconds,
+                                                   cap=BROKER_RETRY_CAP_SECONDS))
+                except _Abandoned:
+                    return
+
+    async def _release(self, revoked: set[TopicPartition]) -> None:
+        """A rebalance takes partitions away: their waiting records go at once, running handlers
+        get a short grace, then what is done is committed and the rest left to the next owner."""
+        await self._drain(revoked, grace=REVOKE_GRACE_SECONDS)
+        await self._commit(revoked)
+        for tp in revoked:
+            self._partitions.pop(tp, None)
+            self._tasks.pop(tp, None)
+        log.info("partitions revoked: %s", _names(revoked))
+
+    async def _drain(self, partitions: set[TopicPartition], *, grace: float) -> None:
+        tasks = {t for tp in partitions for t in self._tasks.get(tp, ())}
+        for task in tasks & self._waiting:
+            task.cancel()
+        running = {t for t in tasks if not t.done()}
+        if running:
+            _, late = await asyncio.wait(running, timeout=grace)
+            for task in late:
+                task.cancel()
+            if late:
+                await asyncio.wait(late)
+                log.warning("%s: %d record(s) still running after %.0fs; they will be redelivered",
+                            self.stage.name, len(late), grace)
+
+    async def _commit_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.commit_interval_seconds)
+            await self._commit()
+
+    async def _commit(self, partitions: set[TopicPartition] | None = None) -> None:
+        assigned = self._consumer.assignment()
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for tp, tracker in self._partitions.items():
+            position = tracker.pending_commit()
+            if position is not None and tp in assigned and (partitions is None or tp in partitions):
+                offsets[tp] = OffsetAndMetadata(position, "")
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except CommitFailedError as exc:
+            # The group moved on (rebalance); another member will redo these records.
+            log.warning("%s: commit failed, records will be redelivered: %s", self.stage.name, exc)
+            return
+        except KafkaError as exc:
+            log.warning("%s: commit failed (%s); the next interval tries again", self.stage.name, exc)
+            return
+        for tp, position in offsets.items():
+            self._partitions[tp].committed(position.offset)
+
+    async def _wait(self, delay: float) -> None:
+        """Sleep outside any handler slot; shutdown ends the wait and abandons the record."""
+        task = asyncio.current_task()
+        if task:
+            self._waiting.add(task)
+        try:
+            await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+        except asyncio.TimeoutError:
+            return
+        finally:
+            if task:
+                self._waiting.discard(task)
+        raise _Abandoned()
 
     @asynccontextmanager
     async def _one_at_a_time(self, key: bytes | None) -> AsyncIterator[None]:
@@ -194,6 +313,8 @@ class StageWorker:
             else:
                 self._job_locks[key] = (lock, users - 1)
 
+    # ------------------------------------------------------------------------- one record
+
     async def _handle_record(self, record: ConsumerRecord) -> None:
         """Handle one record to a durable outcome: output produced, skipped, or dead-lettered."""
         stage = self.stage.name
@@ -202,38 +323,56 @@ class StageWorker:
             event = Event.from_bytes(record.value or b"")
             if event.stage != stage:
                 raise PermanentError(f"event for stage {event.stage!r} arrived on {record.topic}")
-        except (ValidationError, PermanentError, UnicodeDecodeError) as exc:
+        except (EventDecodeError, PermanentError) as exc:
             metrics.EVENTS_FAILED.labels(stage, "DecodeError").inc()
             await self._dead_letter(record, job_id=None, error=exc, attempts=1)
             return
 
         with tracing.stage_span(stage, job_id=event.job_id, headers=record.headers, topic=record.topic,
                                 partition=record.partition, offset=record.offset):
-            if self.stage.skip_done and await self._already_done(event.job_id):
-                metrics.EVENTS_SKIPPED.labels(stage).inc()
-                log.info("%s: job %s already done, skipping redelivery", stage, event.job_id)
+            attempt = await self._first_attempt(event, record)
+            if attempt is None:
                 return
             started = time.perf_counter()
             try:
-                await self._with_retries(event, record)
+                await self._attempts(event, record, attempt)
             finally:
                 metrics.PROCESSING_SECONDS.labels(stage).observe(time.perf_counter() - started)
 
-    async def _with_retries(self, event: Event, record: ConsumerRecord) -> None:
+    async def _first_attempt(self, event: Event, record: ConsumerRecord) -> int | None:
+        """Which attempt this delivery is, from the durable count in the job store; None when
+        there is nothing left to do (already done, or dead-lettered here)."""
+        stage = self.stage.name
+        job = await self.store.get(event.job_id)
+        progress = job.stages.get(stage) if job else None
+        if progress is None or progress.state in (StageState.pending, StageState.failed):
+            return 1  # new, or replayed from the dead-letter topic
+        if progress.state == StageState.done:
+            if self.stage.skip_done:
+                metrics.EVENTS_SKIPPED.labels(stage).inc()
+                log.info("%s: job %s already done, skipping redelivery", stage, event.job_id)
+                return None
+            return 1
+        if progress.attempts >= self.settings.max_attempts:
+            error = WorkerDied(f"worker died while handling: {progress.attempts} attempt(s) started, none finished")
+            log.warning("%s: job %s %s", stage, event.job_id, error)
+            metrics.EVENTS_FAILED.labels(stage, "WorkerDied").inc()
+            await self._dead_letter(record, job_id=event.job_id, error=error, attempts=progress.attempts)
+            await self.store.update_stage(event.job_id, stage, StageState.failed, attempts=progress.attempts,
+                                          error=f"WorkerDied: {error}")
+            return None
+        return progress.attempts + 1
+
+    async def _attempts(self, event: Event, record: ConsumerRecord, attempt: int) -> None:
         stage, settings = self.stage.name, self.settings
-        attempt = event.attempt
         while True:
+            # Counted before the handler runs: a worker that dies in it still used the attempt.
+            await self.store.update_stage(event.job_id, stage, StageState.running, attempts=attempt)
             try:
-                await self.store.update_stage(event.job_id, stage, StageState.running, attempts=attempt)
-                output = await self.stage.handler(event)
-                if output is not None:
-                    await self._produce(output)
-                await self.store.update_stage(event.job_id, stage, StageState.done, attempts=attempt)
-                return
+                output = await self._run_handler(event.model_copy(update={"attempt": attempt}))
             except Exception as exc:  # noqa: BLE001 - every failure is classified below
                 metrics.EVENTS_FAILED.labels(stage, type(exc).__name__).inc()
-                permanent = isinstance(exc, PermanentError)
-                if permanent or attempt >= settings.max_attempts:
+                if isinstance(exc, PermanentError) or attempt >= settings.max_attempts:
                     log.warning("%s: job %s failed after %d attempt(s): %s", stage, event.job_id, attempt, exc)
                     await self._dead_letter(record, job_id=event.job_id, error=exc, attempts=attempt)
                     await self.store.update_stage(event.job_id, stage, StageState.failed,
@@ -243,37 +382,64 @@ class StageWorker:
                 log.info("%s: job %s attempt %d failed (%s); retrying in %.2fs", stage, event.job_id,
                          attempt, exc, delay)
                 metrics.EVENTS_RETRIED.labels(stage).inc()
+                await self._wait(delay)
                 attempt += 1
-                event = event.model_copy(update={"attempt": attempt})
-                await self._sleep_unless_stopping(delay)
-
-    async def _sleep_unless_stopping(self, delay: float) -> None:
-        try:
-            await asyncio.wait_for(self._stopping.wait(), timeout=delay)
-        except asyncio.TimeoutError:
+                continue
+            if output is not None:
+                await self._send(input_topic(output.stage, settings.topic_prefix), output)
+            await self.store.update_stage(event.job_id, stage, StageState.done, attempts=attempt)
             return
-        raise _Abandoned()
 
-    async def _produce(self, event: Event) -> None:
-        assert self._producer is not None
-        topic = input_topic(event.stage, self.settings.topic_prefix)
-        with tracing.produce_span(topic, job_id=event.job_id):
-            event = event.model_copy(update={"trace": tracing.trace_dict()})
-            await self._producer.send_and_wait(topic, event.to_bytes(), key=event.job_id.encode(),
-                                               headers=tracing.kafka_headers())
+    async def _run_handler(self, event: Event) -> Event | None:
+        timeout = self.settings.stage_timeout_seconds
+        async with self._slots:
+            self._handling += 1
+            metrics.IN_FLIGHT.labels(self.stage.name).inc()
+            try:
+                return await asyncio.wait_for(self.stage.handler(event), timeout)
+            except asyncio.TimeoutError:
+                raise DeadlineExceeded(f"attempt ran past its deadline of {timeout:g}s") from None
+            finally:
+                self._handling -= 1
+                self._last_progress = time.monotonic()
+                metrics.IN_FLIGHT.labels(self.stage.name).dec()
+
+    # ------------------------------------------------------------------------- producing
+
+    async def _send(self, topic: str, event: Event) -> None:
+        """Produce an output until the broker acknowledges it: its own retries, never the handler's."""
+        async def send() -> None:
+            with tracing.produce_span(topic, job_id=event.job_id):
+                traced = event.model_copy(update={"trace": tracing.trace_dict()})
+                await self._producer.send_and_wait(topic, traced.to_bytes(), key=event.job_id.encode(),
+                                                   headers=tracing.kafka_headers())
+
+        await self._until_acknowledged(send, f"job {event.job_id} to {topic}")
         metrics.EVENTS_PRODUCED.labels(self.stage.name, topic).inc()
 
     async def _dead_letter(self, record: ConsumerRecord, *, job_id: str | None, error: BaseException,
                            attempts: int) -> None:
-        assert self._producer is not None
         letter = dead_letter_for(record, stage=self.stage.name, job_id=job_id, error=error, attempts=attempts)
         key = job_id.encode() if job_id else None
-        await self._producer.send_and_wait(self.dlq, letter.model_dump_json().encode(), key=key)
+        await self._until_acknowledged(
+            lambda: self._producer.send_and_wait(self.dlq, letter.model_dump_json().encode(), key=key),
+            f"the dead letter of {job_id or 'an undecodable record'}")
         metrics.EVENTS_DEAD_LETTERED.labels(self.stage.name).inc()
         log.warning("%s: dead-lettered %s (%s: %s)", self.stage.name, job_id or "undecodable record",
                     letter.error_type, letter.error[:200])
 
-    async def _already_done(self, job_id: str) -> bool:
-        record = await self.store.get(job_id)
-        progress = record.stages.get(self.stage.name) if record else None
-        return progress is not None and progress.state == StageState.done
+    async def _until_acknowledged(self, send: Callable[[], Awaitable[Any]], what: str) -> None:
+        """Retry a send on broker errors with capped backoff until it is acknowledged (or shutdown
+        abandons the record, uncommitted)."""
+        failures = 0
+        while True:
+            try:
+                await send()
+                return
+            except KafkaError as exc:
+                failures += 1
+                if failures == 1 or failures % 10 == 0:
+                    log.warning("%s: producing %s failed %d time(s) (%s); retrying", self.stage.name, what,
+                                failures, exc)
+                await self._wait(backoff_delay(failures, base=self.settings.retry_base_seconds,
+                                               cap=BROKER_RETRY_CAP_SECONDS))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import runpy
+import signal
 import sys
 
 from conveyor.cli.services import ServiceNotInstalled, service_argv
@@ -82,18 +84,21 @@ def main(argv: list[str] | None = None) -> int:
         return client_commands.status(args.url, args.job_id)
     try:
         if args.command in ("gateway", "worker", "operator"):
-            return _exec_service(args.stage if args.command == "worker" else args.command)
+            return _run_service(args.stage if args.command == "worker" else args.command)
         return _run(args, load_settings())
     except ServiceNotInstalled as exc:
         print(f"conveyor: {exc}", file=sys.stderr)
         return 2
 
 
-def _exec_service(name: str) -> int:
-    """Become the service's own process, as its container runs it (signals reach it directly)."""
-    argv = service_argv(name)
-    os.execv(argv[0], argv)
-    return 0  # not reached
+def _run_service(name: str) -> int:
+    """Run the service in this process, as `python -m conveyor.<name>` (its image's program)."""
+    service_argv(name)  # one clear line when it is not installed
+    # Stopped while it is still starting: nothing is consumed yet, so there is nothing to hand back.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    sys.argv = [f"conveyor-{name}"]
+    runpy.run_module(f"conveyor.{name}", run_name="__main__", alter_sys=True)
+    return 0
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:

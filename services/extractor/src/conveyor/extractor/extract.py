@@ -94,12 +94,12 @@ _SHORT_MAGIC: tuple[tuple[bytes, str], ...] = (
     (b"BZh", "bzip2 archive"),
 )
 
-_HTML_MARKERS = re.compile(rb"<!doctype\s+html|<html[\s>]|<head[\s>]|<body[\s>]|<meta\s[^>]*charset", re.I)
-# A fragment without <html>: starts with a common block-level element.
-_HTML_FRAGMENT = re.compile(
-    rb"\s*(<!--.*?-->\s*)*<(p|div|article|section|main|h[1-6]|table|ul|ol|span|a|br|title)[\s>/]",
-    re.I | re.S,
-)
+# Every pattern here sees untrusted bytes: no nested quantifiers, and runs that could rescan the
+# input at each starting point are bounded (tests/test_regex_safety.py feeds each 100 KB).
+_HTML_MARKERS = re.compile(rb"<!doctype\s+html|<html[\s>]|<head[\s>]|<body[\s>]|<meta\s[^>]{0,512}charset", re.I)
+# A fragment without <html>: starts (after any comments, skipped by _skip_comments) with a common
+# block-level element.
+_HTML_FRAGMENT = re.compile(rb"<(p|div|article|section|main|h[1-6]|table|ul|ol|span|a|br|title)[\s>/]", re.I)
 _SNIFF_BYTES = 4096
 
 
@@ -121,9 +121,24 @@ def _sniff(data: bytes) -> Kind | None:
     if data[4:8] == b"ftyp":
         raise PermanentError("unsupported document type: MP4/QuickTime/HEIC media")
     head = _ascii_view(data[:_SNIFF_BYTES])
-    if _HTML_MARKERS.search(head) or _HTML_FRAGMENT.match(head):
+    if _HTML_MARKERS.search(head) or _HTML_FRAGMENT.match(head, _skip_comments(head)):
         return "html"
     return None
+
+
+def _skip_comments(head: bytes) -> int:
+    """Where the markup starts after leading white space and HTML comments (one linear scan: a
+    regular expression for "comments, then a tag" backtracks exponentially on unclosed ones)."""
+    position = 0
+    while True:
+        while position < len(head) and head[position:position + 1].isspace():
+            position += 1
+        if not head.startswith(b"<!--", position):
+            return position
+        end = head.find(b"-->", position + 4)
+        if end < 0:
+            return position
+        position = end + 3
 
 
 def _sniff_zip(data: bytes) -> Kind:
@@ -171,8 +186,11 @@ def _declared_kind(content_type: str | None, filename: str | None) -> Kind:
     return _EXTENSION_KINDS.get(suffix, "text")
 
 
+_CONTENT_TYPE_CHARSET = re.compile(r"charset\s*=\s*\"?([\w.:-]{1,64})", re.I)
+
+
 def _charset_param(content_type: str | None) -> str | None:
-    match = re.search(r"charset\s*=\s*\"?([\w.:-]+)", content_type or "", re.I)
+    match = _CONTENT_TYPE_CHARSET.search(content_type or "")
     return match.group(1) if match else None
 
 
@@ -235,7 +253,7 @@ def _docx_table_rows(table: Table) -> Iterator[str]:
 
 # --- HTML --------------------------------------------------------------------------------------
 
-_META_CHARSET = re.compile(rb"<meta[^>]+charset\s*=\s*[\"']?\s*([\w.:-]+)", re.I)
+_META_CHARSET = re.compile(rb"<meta[^>]{1,512}?charset\s*=\s*[\"']?\s*([\w.:-]{1,64})", re.I)
 _XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")
 _NON_CONTENT_TAGS = ("script", "style", "noscript", "template", "head", "svg", "iframe")
 _BLOCK_TAGS = (

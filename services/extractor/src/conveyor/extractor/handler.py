@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from contextlib import AsyncExitStack
 
 from conveyor.events import Event
 from conveyor.extractor.extract import extract_text
+from conveyor.isolation import IsolatedPool
 from conveyor.kafka.stage import Stage
 from conveyor.payloads import payload_bytes, text_payload
 from conveyor.settings import Settings
@@ -15,13 +15,17 @@ from conveyor.stores.blobs import BlobStore
 
 
 def build_stage(settings: Settings, store: JobStore, blobs: BlobStore, resources: AsyncExitStack) -> Stage:
+    # Documents are hostile: parse them in child processes that are killed past their deadline
+    # and capped in memory, so one document fails alone and leaves the worker as it was.
+    parsers = IsolatedPool(settings.resolved_parse_processes(), memory_mb=settings.parse_memory_mb,
+                           preload="conveyor.extractor.extract")
+    resources.push_async_callback(parsers.close)
+
     async def extract(event: Event) -> Event:
         source = event.payload
         data = await payload_bytes(source, blobs)
-        # Parsing is CPU-bound library code: keep the event loop (heartbeats, other records) free.
-        extracted = await asyncio.to_thread(
-            extract_text, data, content_type=source.content_type, filename=source.filename
-        )
+        extracted = await parsers.run(extract_text, data, content_type=source.content_type,
+                                      filename=source.filename, timeout=settings.parse_timeout_seconds)
         payload = await text_payload(extracted.text, blobs, claim_check_bytes=settings.claim_check_bytes)
         meta = {**event.meta, "kind": extracted.kind, "chars": len(extracted.text), **extracted.meta}
         return event.next("summarizer", payload=payload, meta=meta)

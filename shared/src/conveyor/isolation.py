@@ -1,0 +1,180 @@
+"""Run untrusted parsing in child processes that can be killed and are memory-capped.
+
+A thread cannot be stopped and shares the worker's memory: a parser that never returns, or a
+document that inflates to gigabytes, would wedge or bloat the whole worker. Here each call runs
+in one of a few long-lived child processes, under an address-space limit (RLIMIT_AS) and a
+deadline. A call that runs past its deadline, is cancelled, runs out of memory or kills its
+process fails alone: its process is killed and replaced, and the others carry on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import importlib
+import logging
+import multiprocessing
+import os
+import resource
+import signal
+import threading
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+log = logging.getLogger(__name__)
+_PR_SET_PDEATHSIG = 1
+
+
+class IsolatedCallFailed(Exception):
+    """The isolated call did not return a result."""
+
+
+class CallTimedOut(IsolatedCallFailed):
+    pass
+
+
+class CallOutOfMemory(IsolatedCallFailed):
+    pass
+
+
+class ChildDied(IsolatedCallFailed):
+    pass
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this child when the worker dies, even by SIGKILL."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _address_space_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _child(conn: Connection, preload: str | None, memory_mb: int) -> None:
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when its children stop
+    if preload:
+        importlib.import_module(preload)
+    if memory_mb:
+        # The cap is on what the calls may add to the process as it stands after the imports.
+        limit = _address_space_bytes() + memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    while True:
+        try:
+            fn, args, kwargs = conn.recv()
+        except (EOFError, OSError):
+            return
+        try:
+            outcome: tuple[str, Any] = ("ok", fn(*args, **kwargs))
+        except MemoryError:
+            outcome = ("memory", None)
+        except Exception as exc:  # noqa: BLE001 - the caller gets every error of the call
+            outcome = ("error", exc)
+        try:
+            conn.send(outcome)
+        except MemoryError:
+            conn.send(("memory", None))
+        except Exception as exc:  # noqa: BLE001 - an unpicklable result or error
+            conn.send(("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
+
+
+class _Child:
+    def __init__(self, context: Any, preload: str | None, memory_mb: int) -> None:
+        self.conn, child_conn = context.Pipe()
+        self.process = context.Process(target=_child, args=(child_conn, preload, memory_mb), daemon=True)
+        self.process.start()
+        child_conn.close()
+        # The thread waiting on a call owns the connection until it returns: closing it under
+        # that wait would free the descriptor for reuse by the next child's pipe.
+        self._lock = threading.Lock()
+        self._busy = self._killed = False
+
+    def call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float) -> Any:
+        """Blocking: send the call, wait for its outcome or the deadline."""
+        with self._lock:
+            if self._killed:
+                raise ChildDied("the parser process was stopped")
+            self._busy = True
+        try:
+            return self._call(fn, args, kwargs, timeout)
+        finally:
+            with self._lock:
+                self._busy = False
+                if self._killed:
+                    self.conn.close()
+
+    def _call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float) -> Any:
+        self.conn.send((fn, args, kwargs))
+        if not self.conn.poll(timeout):
+            raise CallTimedOut(f"parsing ran past its deadline of {timeout:g}s and was killed")
+        try:
+            kind, value = self.conn.recv()
+        except (EOFError, OSError):
+            self.process.join(1)
+            raise ChildDied(f"the parser process died (exit code {self.process.exitcode})") from None
+        if kind == "memory":
+            raise CallOutOfMemory("parsing needed more memory than CONVEYOR_PARSE_MEMORY_MB allows")
+        if kind == "error":
+            raise value
+        return value
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(5)
+        with self._lock:
+            self._killed = True
+            if not self._busy:
+                self.conn.close()
+
+
+class IsolatedPool:
+    """`processes` children, each running one call at a time (see the module docstring)."""
+
+    def __init__(self, processes: int, *, memory_mb: int, preload: str | None = None) -> None:
+        self._context = multiprocessing.get_context("spawn")
+        self._memory_mb = memory_mb
+        self._preload = preload
+        self._idle: asyncio.Queue[_Child] = asyncio.Queue()
+        self._children: set[_Child] = set()
+        for _ in range(processes):
+            self._add()
+
+    def _add(self) -> None:
+        child = _Child(self._context, self._preload, self._memory_mb)
+        self._children.add(child)
+        self._idle.put_nowait(child)
+
+    async def run(self, fn: Callable[..., Any], /, *args: Any, timeout: float, **kwargs: Any) -> Any:
+        child = await self._idle.get()
+        healthy = False
+        try:
+            result = await asyncio.to_thread(child.call, fn, args, kwargs, timeout)
+            healthy = True
+            return result
+        except IsolatedCallFailed:
+            raise
+        except asyncio.CancelledError:
+            raise  # the stage's deadline: the child is killed below, which ends the thread's wait
+        except Exception:
+            healthy = True  # the call raised; the child is fine
+            raise
+        finally:
+            if healthy:
+                self._idle.put_nowait(child)
+            else:
+                self._replace(child)
+
+    def _replace(self, child: _Child) -> None:
+        child.kill()
+        self._children.discard(child)
+        self._add()
+
+    async def close(self) -> None:
+        for child in list(self._children):
+            child.kill()
+        self._children.clear()
