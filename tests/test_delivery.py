@@ -121,7 +121,9 @@ def test_two_extractors_share_the_partitions(pipeline: Pipeline) -> None:
     assert httpx.get(f"http://127.0.0.1:{ports[0]}/nope").status_code == 404
 
 
-def test_sigkilled_worker_loses_nothing_and_callbacks_fire_once(pipeline: Pipeline, receiver: WebhookReceiver) -> None:
+def test_sigkilled_workers_lose_nothing_and_every_callback_arrives_with_one_stable_id(
+        pipeline: Pipeline, receiver: WebhookReceiver) -> None:
+    """At least once: every job's webhook arrives, and any repeat carries the same webhook-id."""
     pipeline.start_all()
     total = 500
     jobs = [pipeline.submit(english_text(seed=i, sentences=8), callback_url=receiver.url) for i in range(total)]
@@ -144,7 +146,8 @@ def test_sigkilled_worker_loses_nothing_and_callbacks_fire_once(pipeline: Pipeli
     assert delivered_before_restart < total
     assert len(done) == total
     assert len(receiver.deliveries) == total
-    assert set(receiver.deliveries.values()) == {1}, receiver.deliveries.most_common(3)
+    assert min(receiver.deliveries.values()) >= 1
+    assert all(receiver.ids[job] == {job} for job in jobs), "one id per job, on every delivery"
     assert receiver.bad_signatures == 0
 
 

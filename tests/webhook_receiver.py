@@ -1,20 +1,24 @@
-"""A real HTTP server that receives Conveyor's webhooks, verifies signatures and counts deliveries."""
+"""A real HTTP server that receives Conveyor's webhooks, verifies them as any Standard Webhooks
+receiver would (the `standardwebhooks` library), and counts deliveries and their ids."""
 
 from __future__ import annotations
 
+import base64
 import json
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from conveyor.notifier.webhooks import signature
+from standardwebhooks import Webhook, WebhookVerificationError
 
 
 class WebhookReceiver:
     def __init__(self, secret: str) -> None:
-        self.secret = secret
+        # A receiver is given the whsec_ form of the secret Conveyor signs with.
+        self.verifier = Webhook("whsec_" + base64.b64encode(secret.encode()).decode())
         self.failing = False
         self.deliveries: Counter[str] = Counter()
+        self.ids: dict[str, set[str]] = {}
         self.bad_signatures = 0
         self.attempts = 0
         receiver = self
@@ -31,13 +35,16 @@ class WebhookReceiver:
                         self.send_response(503)
                         self.end_headers()
                         return
-                    expected = signature(receiver.secret, self.headers["x-conveyor-timestamp"], body)
-                    if expected != self.headers["x-conveyor-signature"]:
+                    try:
+                        receiver.verifier.verify(body, dict(self.headers.items()))
+                    except WebhookVerificationError:
                         receiver.bad_signatures += 1
                         self.send_response(401)
                         self.end_headers()
                         return
-                    receiver.deliveries[json.loads(body)["job_id"]] += 1
+                    job_id = json.loads(body)["job_id"]
+                    receiver.deliveries[job_id] += 1
+                    receiver.ids.setdefault(job_id, set()).add(self.headers["webhook-id"])
                 self.send_response(204)
                 self.end_headers()
 

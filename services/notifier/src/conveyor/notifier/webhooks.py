@@ -1,28 +1,31 @@
-"""Signed webhook delivery, refusing targets inside the network unless allowed.
+"""Signed webhook delivery (Standard Webhooks), refusing targets inside the network unless allowed.
 
-Receivers verify `X-Conveyor-Signature: sha256=<hex>` = HMAC-SHA256(secret, "<timestamp>.<body>")
-with the timestamp from `X-Conveyor-Timestamp`, and may de-duplicate on `X-Conveyor-Delivery`.
+Every POST carries `webhook-id`, `webhook-timestamp` and `webhook-signature` as the Standard
+Webhooks specification defines them, so any of its libraries verifies them. Delivery is at least
+once: the id is the job's, the same on every retry and every redelivery, and receivers
+de-duplicate on it (a crash between a receiver's answer and Conveyor recording it sends again).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import ipaddress
 import socket
-import time
+from datetime import datetime, timezone
 from urllib.parse import urlsplit
 
 import httpx
+from standardwebhooks import Webhook
 
 from conveyor import metrics
 from conveyor.errors import PermanentError, TransientError
 
 
-def signature(secret: str, timestamp: str, body: bytes) -> str:
-    mac = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256)
-    return f"sha256={mac.hexdigest()}"
+def signer(secret: str) -> Webhook:
+    """The signer for CONVEYOR_WEBHOOK_SECRET: a `whsec_<base64>` value is a Standard Webhooks
+    secret; any other value is used as the key's UTF-8 bytes (its whsec_ form is
+    `"whsec_" + base64(secret)`)."""
+    return Webhook(secret if secret.startswith("whsec_") else secret.encode("utf-8"))
 
 
 async def check_target(url: str, *, allow_private: bool) -> None:
@@ -46,14 +49,14 @@ async def check_target(url: str, *, allow_private: bool) -> None:
             )
 
 
-async def deliver(client: httpx.AsyncClient, url: str, body: bytes, *, secret: str, delivery_id: str) -> None:
+async def deliver(client: httpx.AsyncClient, url: str, body: bytes, *, webhook: Webhook, delivery_id: str) -> None:
     """POST once; 2xx is success, 408/429/5xx and network errors are worth a retry, other 4xx are not."""
-    timestamp = str(int(time.time()))
+    now = datetime.now(timezone.utc).replace(microsecond=0)
     headers = {
         "content-type": "application/json",
-        "x-conveyor-delivery": delivery_id,
-        "x-conveyor-timestamp": timestamp,
-        "x-conveyor-signature": signature(secret, timestamp, body),
+        "webhook-id": delivery_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": webhook.sign(delivery_id, now, body.decode("utf-8")),
     }
     try:
         response = await client.post(url, content=body, headers=headers)
