@@ -249,3 +249,37 @@ async def test_make_backend_picks_by_setting() -> None:
     finally:
         await textrank.close()
         await llm.close()
+
+
+KILLED_OWNER = """
+import asyncio, os, sys
+from conveyor.settings import Settings
+from conveyor.summarizer.backends.textrank import TextRankBackend
+async def main():
+    backend = TextRankBackend(Settings(textrank_processes=2))
+    await backend.summarize("One sentence here. Another sentence there. A third one follows. And a fourth.", sentences=2)
+    print("ready", flush=True)
+    await asyncio.sleep(3600)
+if __name__ == "__main__":
+    asyncio.run(main())
+"""
+
+
+def test_pool_processes_die_with_a_sigkilled_worker(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "owner.py"
+    script.write_text(KILLED_OWNER)
+    owner = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout and owner.stdout.readline().strip() == "ready"
+        children = psutil.Process(owner.pid).children(recursive=True)
+        pool = [c for c in children if "spawn_main" in " ".join(c.cmdline())]
+        assert pool, "the pool started"
+    finally:
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+    _, alive = psutil.wait_procs(pool, timeout=10)
+    assert not alive, "pool processes outlived their worker"

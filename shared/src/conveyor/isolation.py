@@ -43,7 +43,7 @@ class ChildDied(IsolatedCallFailed):
     pass
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Linux: the kernel kills this child when the worker dies, even by SIGKILL."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -55,7 +55,7 @@ def _address_space_bytes() -> int:
 
 
 def _child(conn: Connection, preload: str | None, memory_mb: int) -> None:
-    _die_with_parent()
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when its children stop
     if preload:
         importlib.import_module(preload)

@@ -34,6 +34,7 @@ from sumy.summarizers.text_rank import TextRankSummarizer
 from sumy.utils import get_stop_words
 
 from conveyor.errors import PermanentError, TransientError
+from conveyor.isolation import die_with_parent
 from conveyor.metrics import LLM_LATENCY
 from conveyor.settings import Settings
 
@@ -108,7 +109,9 @@ def rank_sentences(sentences: Sequence[str], count: int) -> list[int]:
 
 
 def warm_up() -> None:
-    """Load the models once per worker process, before its first document."""
+    """Start of a pool process: die with the worker (even a SIGKILLed one), then load the models
+    once, before its first document."""
+    die_with_parent()
     rank_sentences(split_sentences("Warm up the model. Rank a sentence. Then another one."), 1)
 
 
