@@ -3,7 +3,8 @@
 `POST /v1/chat/completions` answers with the first N sentences of the user message (N read from
 the "exactly N sentence(s)" instruction) plus `usage`. Queue replies with `script()` to make the
 next requests fail (429 with Retry-After, 5xx, 400, slow or empty answers); once the queue is empty
-every request succeeds. Every request received is recorded in `requests`.
+every request succeeds, or is answered by `fallback` when one is set (a policy such as a random
+storm of 429s). Every request received is recorded in `requests`, every answer in `answers`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +73,8 @@ class FakeOpenAI:
         self._replies: deque[Reply] = deque()
         self._lock = threading.Lock()
         self.requests: list[Received] = []
+        self.answers: list[tuple[Received, int]] = []
+        self.fallback: Callable[[Received], Reply] | None = None
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
@@ -93,7 +96,9 @@ class FakeOpenAI:
     def _next(self, received: Received) -> Reply:
         with self._lock:
             self.requests.append(received)
-            return self._replies.popleft() if self._replies else Reply.ok()
+            if self._replies:
+                return self._replies.popleft()
+            return self.fallback(received) if self.fallback else Reply.ok()
 
     def _app(self) -> FastAPI:
         app = FastAPI()
@@ -104,6 +109,8 @@ class FakeOpenAI:
             reply = self._next(Received(time.monotonic(), body, dict(request.headers)))
             if reply.delay:
                 await asyncio.sleep(reply.delay)
+            with self._lock:
+                self.answers.append((Received(time.monotonic(), body, {}), reply.status))
             if reply.status != 200:
                 headers = {} if reply.retry_after is None else {"retry-after": str(reply.retry_after)}
                 error = {"message": f"scripted HTTP {reply.status}", "type": "test_error", "code": None}

@@ -15,7 +15,10 @@ def with_stage(record: JobRecord, stage: str, state: StageState, *, attempts: in
     if current.state == StageState.done and state != StageState.done:
         return record  # a redelivered event must not move a finished stage backwards
     stages = dict(record.stages)
-    stages[stage] = StageProgress(state=state, attempts=max(attempts, current.attempts), error=error, updated_at=now)
+    # A replayed dead letter starts counting its attempts afresh; otherwise the count only grows.
+    restarted = current.state == StageState.failed and state == StageState.running
+    stages[stage] = StageProgress(state=state, attempts=attempts if restarted else max(attempts, current.attempts),
+                                  error=error, updated_at=now)
     job_state = record.state
     if state == StageState.failed:
         job_state, error_text = JobState.failed, f"{stage}: {error}"

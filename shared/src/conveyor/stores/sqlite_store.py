@@ -1,4 +1,10 @@
-"""SQLite job store: the default, for one machine (several processes share the file, WAL mode)."""
+"""SQLite job store: the default, for one machine (several processes share the file, WAL mode).
+
+Group commit: the reads and read-modify-writes that callers start while a transaction is running
+wait and share the next one, so a worker with many records in flight pays one transaction (and
+one trip to the database thread) per group, not per update. Each caller still returns only once
+its own change is committed.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,44 @@ from conveyor.stores import records
 from conveyor.stores.base import JobRecord, JobStore, StageState
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, record TEXT NOT NULL)"
+_SELECT_CHUNK = 500
+# Applied to a job's current record (None when there is none): (record to write or None, result).
+_Operation = Callable[[JobRecord | None], tuple[JobRecord | None, Any]]
+
+
+def _apply_in_one_transaction(db: sqlite3.Connection,
+                              batch: list[tuple[str, _Operation, asyncio.Future[Any]]]) -> list[tuple[bool, Any]]:
+    """Every operation of the batch, in order, in one immediate transaction; each job's record is
+    read and parsed once and written once. An operation that raises fails alone."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        ids = sorted({job_id for job_id, *_ in batch})
+        current: dict[str, JobRecord] = {}
+        for start in range(0, len(ids), _SELECT_CHUNK):
+            chunk = ids[start:start + _SELECT_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for job_id, raw in db.execute(f"SELECT job_id, record FROM jobs WHERE job_id IN ({marks})", chunk):
+                current[job_id] = JobRecord.model_validate_json(raw)
+        changed: set[str] = set()
+        outcomes: list[tuple[bool, Any]] = []
+        for job_id, operation, _ in batch:
+            try:
+                updated, result = operation(current.get(job_id))
+            except Exception as exc:  # noqa: BLE001 - this caller's failure only
+                outcomes.append((False, exc))
+                continue
+            if updated is not None:
+                current[job_id] = updated
+                changed.add(job_id)
+            outcomes.append((True, result))
+        if changed:
+            db.executemany("UPDATE jobs SET record = ? WHERE job_id = ?",
+                           [(current[job_id].model_dump_json(), job_id) for job_id in changed])
+        db.execute("COMMIT")
+        return outcomes
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 class SqliteJobStore(JobStore):
@@ -26,6 +70,8 @@ class SqliteJobStore(JobStore):
         self._lock = threading.Lock()
         self._pending: list[tuple[str, str, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._operations: list[tuple[str, _Operation, asyncio.Future[Any]]] = []
+        self._operator: asyncio.Task[None] | None = None
 
     async def _run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         def locked() -> Any:
@@ -61,27 +107,40 @@ class SqliteJobStore(JobStore):
                     done.set_result(None)
 
     async def get(self, job_id: str) -> JobRecord | None:
-        row = await self._run(lambda db: db.execute(
-            "SELECT record FROM jobs WHERE job_id = ?", (job_id,)).fetchone())
-        return JobRecord.model_validate_json(row[0]) if row else None
+        return await self._grouped(job_id, lambda record: (None, record))
 
     async def _transform(self, job_id: str, change: Callable[[JobRecord], JobRecord | None]) -> bool:
-        """Read-modify-write in one immediate transaction, so concurrent processes never interleave."""
+        """Read-modify-write inside an immediate transaction, so concurrent processes never interleave."""
+        def operation(record: JobRecord | None) -> tuple[JobRecord | None, bool]:
+            updated = change(record) if record is not None else None
+            return updated, updated is not None
 
-        def apply(db: sqlite3.Connection) -> bool:
-            db.execute("BEGIN IMMEDIATE")
+        return await self._grouped(job_id, operation)
+
+    async def _grouped(self, job_id: str, operation: _Operation) -> Any:
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._operations.append((job_id, operation, done))
+        if self._operator is None or self._operator.done():
+            self._operator = asyncio.create_task(self._flush_operations())
+        return await done
+
+    async def _flush_operations(self) -> None:
+        while self._operations:
+            batch, self._operations = self._operations, []
             try:
-                row = db.execute("SELECT record FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-                updated = change(JobRecord.model_validate_json(row[0])) if row else None
-                if updated is not None:
-                    db.execute("UPDATE jobs SET record = ? WHERE job_id = ?", (updated.model_dump_json(), job_id))
-                db.execute("COMMIT")
-                return updated is not None
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-
-        return await self._run(apply)
+                outcomes = await self._run(lambda db: _apply_in_one_transaction(db, batch))
+            except Exception as exc:  # noqa: BLE001 - handed to every waiting caller
+                for *_, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            for (*_, done), (ok, value) in zip(batch, outcomes):
+                if done.done():
+                    continue
+                if ok:
+                    done.set_result(value)
+                else:
+                    done.set_exception(value)
 
     async def update_stage(self, job_id: str, stage: str, state: StageState, *, attempts: int = 0,
                            error: str | None = None) -> None:
