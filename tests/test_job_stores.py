@@ -274,3 +274,37 @@ def test_rejects_bad_options() -> None:
         RedisJobStore("redis://127.0.0.1:1/0", ttl_seconds=0)
     with pytest.raises(ValueError):
         RedisJobStore("redis://127.0.0.1:1/0", max_transaction_attempts=0)
+
+
+async def test_many_concurrent_updates_all_land(store: JobStore) -> None:
+    """Hundreds of updates in flight at once (SQLite groups them into shared transactions)."""
+    jobs = [f"many-{uuid.uuid4().hex[:8]}" for _ in range(200)]
+    await asyncio.gather(*(store.create(JobRecord(job_id=j, user_id="u")) for j in jobs))
+    await asyncio.gather(*(store.update_stage(j, "extractor", StageState.running, attempts=1) for j in jobs))
+    await asyncio.gather(*(store.update_stage(j, "extractor", StageState.done, attempts=1) for j in jobs),
+                         *(store.update_stage(j, "summarizer", StageState.running, attempts=2) for j in jobs))
+    records = await asyncio.gather(*(store.get(j) for j in jobs))
+    for record in records:
+        assert record is not None
+        assert record.stages["extractor"].state == StageState.done
+        assert record.stages["summarizer"].attempts == 2
+
+
+async def test_sqlite_grouped_operation_that_fails_fails_alone(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    try:
+        await store.create(JobRecord(job_id="a", user_id="u"))
+        await store.create(JobRecord(job_id="b", user_id="u"))
+
+        def broken(record: JobRecord) -> JobRecord:
+            raise ValueError("bad change")
+
+        results = await asyncio.gather(
+            store._transform("a", broken),
+            store.update_stage("b", "extractor", StageState.done, attempts=1),
+            return_exceptions=True)
+        assert isinstance(results[0], ValueError) and results[1] is None
+        b = await store.get("b")
+        assert b is not None and b.stages["extractor"].state == StageState.done
+    finally:
+        await store.close()

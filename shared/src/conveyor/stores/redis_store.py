@@ -20,7 +20,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import WatchError
 
 from conveyor.errors import TransientError
@@ -29,6 +29,8 @@ from conveyor.stores import records
 from conveyor.stores.base import JobRecord, JobStore, StageState
 
 DEFAULT_PREFIX = "conveyor:job:"
+MAX_CONNECTIONS = 64
+POOL_TIMEOUT_SECONDS = 30
 RECORD_FIELD = "record"
 NOTIFIED_FIELD = "notified_at"
 
@@ -69,7 +71,10 @@ class RedisJobStore(JobStore):
         self.prefix = prefix
         self.ttl_seconds = ttl_seconds
         self.max_transaction_attempts = max_transaction_attempts
-        self._redis: Redis = client or Redis.from_url(url, decode_responses=True)
+        # A worker can have hundreds of records in flight: past MAX_CONNECTIONS they wait for a
+        # connection instead of failing with "Too many connections".
+        self._redis: Redis = client or Redis(connection_pool=BlockingConnectionPool.from_url(
+            url, decode_responses=True, max_connections=MAX_CONNECTIONS, timeout=POOL_TIMEOUT_SECONDS))
         self._claim = self._redis.register_script(_CLAIM_NOTIFICATION)
 
     def key(self, job_id: str) -> str:
