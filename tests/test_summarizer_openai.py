@@ -89,9 +89,20 @@ async def test_429_is_counted_and_retry_after_honoured(openai_server: FakeOpenAI
     assert summary.text == FIRST_THREE
     assert rate_limited() == before + 1
     first, second = openai_server.requests
-    # Without Retry-After the SDK's own first backoff is 0.375-0.5 s.
+    # The retry waits what the server asked (0.1 s), not a backoff of its own (0.5 s first).
     assert 0.1 <= second.at - first.at < 0.35
-    assert second.headers["x-stainless-retry-count"] == "1"
+
+
+async def test_waiting_out_a_429_holds_no_call_slot(openai_server: FakeOpenAI, backend_for: Factory) -> None:
+    """One call slot: while the first document waits out its Retry-After, another one is served."""
+    openai_server.script(Reply.rate_limited(retry_after=1.0))
+    backend = backend_for(openai_max_concurrency=1)
+    started = time.monotonic()
+    waiting = asyncio.create_task(backend.summarize(DOCUMENT, sentences=3))
+    await asyncio.sleep(0.2)
+    await backend.summarize(DOCUMENT, sentences=2)
+    assert time.monotonic() - started < 0.9, "the second call ran during the first one's wait"
+    assert (await waiting).text == FIRST_THREE
 
 
 async def test_500_then_success(openai_server: FakeOpenAI, backend_for: Factory) -> None:
@@ -130,7 +141,8 @@ async def test_timeouts_beyond_retries_are_transient(openai_server: FakeOpenAI, 
 
     assert time.monotonic() - started < 3.0
     assert openai_server.request_count == 2
-    assert metric("conveyor_llm_request_duration_seconds_count", backend="openai", outcome="error") == error_before + 1
+    # Every call is observed, the retried one too.
+    assert metric("conveyor_llm_request_duration_seconds_count", backend="openai", outcome="error") == error_before + 2
 
 
 @pytest.mark.parametrize("status", [400, 401, 404, 422])
@@ -147,11 +159,13 @@ async def test_client_errors_are_permanent_and_not_retried(
     assert not backend.circuit.is_open
 
 
-async def test_empty_answer_is_transient(openai_server: FakeOpenAI, backend_for: Factory) -> None:
-    openai_server.script(Reply.empty())
+async def test_empty_answer_is_transient_and_retried(openai_server: FakeOpenAI, backend_for: Factory) -> None:
+    openai_server.script(Reply.empty(), Reply.empty())
 
     with pytest.raises(TransientError, match="empty"):
-        await backend_for().summarize(DOCUMENT, sentences=3)
+        await backend_for(openai_max_retries=0).summarize(DOCUMENT, sentences=3)
+    assert (await backend_for(openai_max_retries=1).summarize(DOCUMENT, sentences=3)).text == FIRST_THREE
+    assert openai_server.request_count == 3
 
 
 async def test_unreachable_server_is_transient(backend_for: Factory) -> None:

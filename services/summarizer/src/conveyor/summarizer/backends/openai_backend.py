@@ -18,6 +18,7 @@ import punkt
 from openai.types.chat import ChatCompletion
 
 from conveyor.errors import PermanentError, TransientError
+from conveyor.kafka.backoff import backoff_delay
 from conveyor.metrics import LLM_CIRCUIT_OPEN, LLM_LATENCY, LLM_RATE_LIMITED, LLM_TOKENS
 from conveyor.settings import Settings
 
@@ -32,6 +33,10 @@ SYSTEM_PROMPT = (
     "You summarize documents. Reply with a summary of exactly {n} sentence(s) of plain prose, "
     "in the language of the document. No title, no preamble, no lists, no markdown."
 )
+
+RETRY_BASE_SECONDS = 0.5
+RETRY_CAP_SECONDS = 8.0
+RETRY_AFTER_CAP_SECONDS = 60.0
 
 # Status codes that say the server is unwell or busy, not that the request is wrong.
 _TRANSIENT_STATUS = frozenset({408, 409, 425, 429})
@@ -100,11 +105,13 @@ class OpenAIBackend(SummarizerBackend):
             base_url=settings.openai_base_url,
             api_key=settings.openai_api_key.get_secret_value(),
             timeout=settings.openai_timeout_seconds,
-            max_retries=settings.openai_max_retries,
+            # Retries are ours (summarize), so that waiting out a 429 or a 5xx holds no call slot.
+            max_retries=0,
             # DefaultAsyncHttpxClient keeps the SDK's connection limits; we only add the hook.
             http_client=openai.DefaultAsyncHttpxClient(event_hooks={"response": [_count_rate_limits]}),
         )
         self._slots = asyncio.Semaphore(settings.openai_max_concurrency)
+        self._max_retries = settings.openai_max_retries
         self.circuit = circuit or CircuitBreaker(
             # Calls in flight fail together when the server blips; needing more consecutive
             # failures than can be in flight at once keeps one burst from opening the circuit.
@@ -114,7 +121,25 @@ class OpenAIBackend(SummarizerBackend):
         self._splitter = punkt.tokenizer_for("english", line_breaks="paragraph", prefixes=True)
 
     async def summarize(self, text: str, *, sentences: int) -> Summary:
+        """Up to CONVEYOR_OPENAI_MAX_RETRIES retries of transient failures, each after the
+        server's Retry-After (or a jittered backoff), waited with no call slot held."""
         prompt, truncated = _truncate(text, self._max_input_chars)
+        for retry in range(1, self._max_retries + 2):
+            try:
+                completion, answer = await self._call(prompt, sentences)
+                break
+            except TransientError as exc:
+                if retry > self._max_retries or self.circuit.is_open:
+                    raise
+                retry_after = getattr(exc, "retry_after", None)
+                await asyncio.sleep(retry_after if retry_after is not None
+                                    else backoff_delay(retry, base=RETRY_BASE_SECONDS, cap=RETRY_CAP_SECONDS))
+        parts = [s.strip() for s in self._splitter.tokenize(answer) if s.strip()]
+        meta: dict[str, Any] = {"model": completion.model or self._model, "input_truncated": truncated}
+        return Summary(text=answer, sentences=parts, backend=self.name, meta=meta)
+
+    async def _call(self, prompt: str, sentences: int) -> tuple[ChatCompletion, str]:
+        """One call, inside a slot and the circuit breaker."""
         async with self._slots:
             self.circuit.before_call()
             started = time.perf_counter()
@@ -135,9 +160,7 @@ class OpenAIBackend(SummarizerBackend):
                 outcome = "ok"
             finally:
                 LLM_LATENCY.labels(backend=self.name, outcome=outcome).observe(time.perf_counter() - started)
-        parts = [s.strip() for s in self._splitter.tokenize(answer) if s.strip()]
-        meta: dict[str, Any] = {"model": completion.model or self._model, "input_truncated": truncated}
-        return Summary(text=answer, sentences=parts, backend=self.name, meta=meta)
+        return completion, answer
 
     async def close(self) -> None:
         await self._client.close()
@@ -156,14 +179,25 @@ class OpenAIBackend(SummarizerBackend):
             )
         except openai.APIStatusError as exc:
             if exc.status_code in _TRANSIENT_STATUS or exc.status_code >= 500:
-                raise TransientError(f"LLM answered HTTP {exc.status_code} after retries: {exc.message}") from exc
+                error = TransientError(f"LLM answered HTTP {exc.status_code}: {exc.message}")
+                error.retry_after = _retry_after(exc.response)  # type: ignore[attr-defined]
+                raise error from exc
             raise PermanentError(f"LLM rejected the request with HTTP {exc.status_code}: {exc.message}") from exc
         except openai.APITimeoutError as exc:
-            raise TransientError("LLM request timed out after retries") from exc
+            raise TransientError("LLM request timed out") from exc
         except openai.APIConnectionError as exc:
             raise TransientError(f"cannot reach the LLM: {exc}") from exc
         except openai.OpenAIError as exc:  # malformed answers and other SDK-side failures
             raise TransientError(f"LLM call failed: {exc}") from exc
+
+
+def _retry_after(response: httpx2.Response) -> float | None:
+    """Seconds the server asked to wait (Retry-After in seconds), capped; None when it did not say."""
+    try:
+        seconds = float(response.headers.get("retry-after", ""))
+    except ValueError:
+        return None
+    return min(max(seconds, 0.0), RETRY_AFTER_CAP_SECONDS)
 
 
 def _answer_text(completion: ChatCompletion) -> str:
