@@ -1,9 +1,10 @@
 """Poison: 1% of the documents hang the parser (a 31 KB PDF whose content stream takes pypdf
-seconds of CPU) or blow its memory (a 2 MB .docx that inflates to 400 MB), through the extractor
-on the embedded broker. The same healthy documents run again without the poison, in the same run.
+seconds of CPU) or blow its memory (a 2 MB .docx that inflates to 400 MB), through the whole
+pipeline (extractor, summarizer, notifier) on the embedded broker. The same healthy documents run
+again without the poison, in the same run.
 
-Figures: seconds until the last healthy job is extracted, with and without poison, and their
-ratio; how many poison jobs reached the dead-letter topic and after how many attempts.
+Figures: seconds until the last healthy job is done, with and without poison, and their ratio;
+how many poison jobs reached the dead-letter topic and after how many attempts.
 
     python bench/poison.py --docs 2000
 """
@@ -29,6 +30,7 @@ from test_isolation import docx_bomb  # noqa: E402
 from conveyor.cli.embedded_broker import EmbeddedBroker  # noqa: E402
 from conveyor.events import Event, Payload  # noqa: E402
 from conveyor.stores.base import StageState  # noqa: E402
+from conveyor.topics import STAGES  # noqa: E402
 
 SETTINGS = {"CONVEYOR_PARSE_TIMEOUT_SECONDS": "2", "CONVEYOR_PARSE_MEMORY_MB": "256", "CONVEYOR_MAX_ATTEMPTS": "3",
             "CONVEYOR_RETRY_BASE_SECONDS": "0.5", "CONVEYOR_RETRY_MAX_SECONDS": "2"}
@@ -68,14 +70,15 @@ def poison(count: int) -> list[Event]:
 
 async def run_once(bootstrap: str, home: Path, events: list[Event], healthy_ids: set[str]) -> tuple[float, dict]:
     run = StageRun(bootstrap, home, env=SETTINGS)
-    await run.start("extractor")
+    await run.start(*STAGES)
     try:
         started = await run.send(events)
-        records = await run.wait([e.job_id for e in events], "extractor", timeout=3600)
+        done = await run.wait(sorted(healthy_ids), STAGES[-1], timeout=3600)
+        poisoned = await run.wait([e.job_id for e in events if e.job_id not in healthy_ids], STAGES[0], timeout=3600)
     finally:
         run.stop()
-    last_healthy = max(records[j].stages["extractor"].updated_at.timestamp() for j in healthy_ids)
-    return last_healthy - started, records
+    last_healthy = max(r.stages[STAGES[-1]].updated_at.timestamp() for r in done.values())
+    return last_healthy - started, {**done, **poisoned}
 
 
 async def main() -> None:
@@ -94,7 +97,7 @@ async def main() -> None:
                                           {"c" + e.job_id for e in good})
         poisoned_seconds, records = await run_once(broker.bootstrap, Path(tmp) / "poison", mixed,
                                                    {e.job_id for e in good})
-    healthy_failed = sum(1 for e in good if records[e.job_id].stages["extractor"].state != StageState.done)
+    healthy_failed = sum(1 for e in good if records[e.job_id].stages[STAGES[-1]].state != StageState.done)
     letters = [records[e.job_id].stages["extractor"] for e in bad]
     dead = [p for p in letters if p.state == StageState.failed]
     attempts = sorted({p.attempts for p in dead})

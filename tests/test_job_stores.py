@@ -308,3 +308,27 @@ async def test_sqlite_grouped_operation_that_fails_fails_alone(tmp_path) -> None
         assert b is not None and b.stages["extractor"].state == StageState.done
     finally:
         await store.close()
+
+
+async def test_claims_count_attempts_durably(store: JobStore) -> None:
+    job = f"claim-{uuid.uuid4().hex[:8]}"
+    await store.create(JobRecord(job_id=job, user_id="u"))
+    first = await store.claim_attempt(job, "extractor", max_attempts=3, skip_done=False)
+    assert (first.action, first.attempt) == ("run", 1)
+    record = await store.get(job)
+    assert record and record.stages["extractor"].state == StageState.running
+    assert record.stages["extractor"].attempts == 1, "counted before any handler runs"
+    second = await store.claim_attempt(job, "extractor", max_attempts=3, skip_done=False)
+    third = await store.claim_attempt(job, "extractor", max_attempts=3, skip_done=False)
+    assert (second.attempt, third.attempt) == (2, 3)
+    died = await store.claim_attempt(job, "extractor", max_attempts=3, skip_done=False)
+    assert (died.action, died.attempt) == ("died", 3)
+    await store.update_stage(job, "extractor", StageState.failed, attempts=3, error="WorkerDied: ...")
+    replayed = await store.claim_attempt(job, "extractor", max_attempts=3, skip_done=False)
+    assert (replayed.action, replayed.attempt) == ("run", 1), "a replayed dead letter starts afresh"
+    await store.update_stage(job, "extractor", StageState.done, attempts=1)
+    assert (await store.claim_attempt(job, "extractor", max_attempts=3, skip_done=True)).action == "skip"
+    again = await store.claim_attempt(job, "extractor", max_attempts=3, skip_done=False)
+    assert again.action == "run"
+    done = await store.get(job)
+    assert done and done.stages["extractor"].state == StageState.done, "a finished stage never moves back"

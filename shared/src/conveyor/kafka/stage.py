@@ -82,11 +82,27 @@ class _Rebalance(ConsumerRebalanceListener):
         log.info("partitions assigned: %s", _names(assigned))
 
 
-def _create_series(stage: str) -> None:
-    """Export every counter at 0 from the start, so rate() and increase() see the first event."""
-    for counter in (metrics.EVENTS_CONSUMED, metrics.EVENTS_RETRIED, metrics.EVENTS_DEAD_LETTERED,
-                    metrics.EVENTS_SKIPPED):
-        counter.labels(stage)
+class _StageMetrics:
+    """The stage's labelled series, looked up once (and so exported at 0 from the start, for
+    rate() and increase() to see the first event)."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self.consumed = metrics.EVENTS_CONSUMED.labels(stage)
+        self.retried = metrics.EVENTS_RETRIED.labels(stage)
+        self.dead_lettered = metrics.EVENTS_DEAD_LETTERED.labels(stage)
+        self.skipped = metrics.EVENTS_SKIPPED.labels(stage)
+        self.processing = metrics.PROCESSING_SECONDS.labels(stage)
+        self.in_flight = metrics.IN_FLIGHT.labels(stage)
+        self._produced: dict[str, Any] = {}
+
+    def produced(self, topic: str) -> Any:
+        if topic not in self._produced:
+            self._produced[topic] = metrics.EVENTS_PRODUCED.labels(self.stage, topic)
+        return self._produced[topic]
+
+    def failed(self, error: str) -> None:
+        metrics.EVENTS_FAILED.labels(self.stage, error).inc()
 
 
 def _names(partitions: set[TopicPartition]) -> str:
@@ -122,7 +138,7 @@ class StageWorker:
         # Records of one job (same key) run one after another, so a redelivered duplicate sees
         # the first copy's outcome instead of racing it.
         self._job_locks: dict[bytes, tuple[asyncio.Lock, int]] = {}
-        _create_series(stage.name)
+        self._metrics = _StageMetrics(stage.name)
 
     # ------------------------------------------------------------------------- lifecycle
 
@@ -318,13 +334,13 @@ class StageWorker:
     async def _handle_record(self, record: ConsumerRecord) -> None:
         """Handle one record to a durable outcome: output produced, skipped, or dead-lettered."""
         stage = self.stage.name
-        metrics.EVENTS_CONSUMED.labels(stage).inc()
+        self._metrics.consumed.inc()
         try:
             event = Event.from_bytes(record.value or b"")
             if event.stage != stage:
                 raise PermanentError(f"event for stage {event.stage!r} arrived on {record.topic}")
         except (EventDecodeError, PermanentError) as exc:
-            metrics.EVENTS_FAILED.labels(stage, "DecodeError").inc()
+            self._metrics.failed("DecodeError")
             await self._dead_letter(record, job_id=None, error=exc, attempts=1)
             return
 
@@ -337,41 +353,41 @@ class StageWorker:
             try:
                 await self._attempts(event, record, attempt)
             finally:
-                metrics.PROCESSING_SECONDS.labels(stage).observe(time.perf_counter() - started)
+                self._metrics.processing.observe(time.perf_counter() - started)
 
     async def _first_attempt(self, event: Event, record: ConsumerRecord) -> int | None:
-        """Which attempt this delivery is, from the durable count in the job store; None when
-        there is nothing left to do (already done, or dead-lettered here)."""
+        """Which attempt this delivery is, from the durable count in the job store (counted there
+        now, before the handler runs); None when there is nothing left to do (already done, or
+        dead-lettered here)."""
         stage = self.stage.name
-        job = await self.store.get(event.job_id)
-        progress = job.stages.get(stage) if job else None
-        if progress is None or progress.state in (StageState.pending, StageState.failed):
-            return 1  # new, or replayed from the dead-letter topic
-        if progress.state == StageState.done:
-            if self.stage.skip_done:
-                metrics.EVENTS_SKIPPED.labels(stage).inc()
-                log.info("%s: job %s already done, skipping redelivery", stage, event.job_id)
-                return None
-            return 1
-        if progress.attempts >= self.settings.max_attempts:
-            error = WorkerDied(f"worker died while handling: {progress.attempts} attempt(s) started, none finished")
+        claim = await self.store.claim_attempt(event.job_id, stage, max_attempts=self.settings.max_attempts,
+                                               skip_done=self.stage.skip_done)
+        if claim.action == "skip":
+            self._metrics.skipped.inc()
+            log.info("%s: job %s already done, skipping redelivery", stage, event.job_id)
+            return None
+        if claim.action == "died":
+            error = WorkerDied(f"worker died while handling: {claim.attempt} attempt(s) started, none finished")
             log.warning("%s: job %s %s", stage, event.job_id, error)
-            metrics.EVENTS_FAILED.labels(stage, "WorkerDied").inc()
-            await self._dead_letter(record, job_id=event.job_id, error=error, attempts=progress.attempts)
-            await self.store.update_stage(event.job_id, stage, StageState.failed, attempts=progress.attempts,
+            self._metrics.failed("WorkerDied")
+            await self._dead_letter(record, job_id=event.job_id, error=error, attempts=claim.attempt)
+            await self.store.update_stage(event.job_id, stage, StageState.failed, attempts=claim.attempt,
                                           error=f"WorkerDied: {error}")
             return None
-        return progress.attempts + 1
+        return claim.attempt
 
     async def _attempts(self, event: Event, record: ConsumerRecord, attempt: int) -> None:
         stage, settings = self.stage.name, self.settings
+        counted = True  # the first attempt was counted by the claim
         while True:
-            # Counted before the handler runs: a worker that dies in it still used the attempt.
-            await self.store.update_stage(event.job_id, stage, StageState.running, attempts=attempt)
+            if not counted:
+                # Counted before the handler runs: a worker that dies in it still used the attempt.
+                await self.store.update_stage(event.job_id, stage, StageState.running, attempts=attempt)
+            counted = False
             try:
                 output = await self._run_handler(event.model_copy(update={"attempt": attempt}))
             except Exception as exc:  # noqa: BLE001 - every failure is classified below
-                metrics.EVENTS_FAILED.labels(stage, type(exc).__name__).inc()
+                self._metrics.failed(type(exc).__name__)
                 if isinstance(exc, PermanentError) or attempt >= settings.max_attempts:
                     log.warning("%s: job %s failed after %d attempt(s): %s", stage, event.job_id, attempt, exc)
                     await self._dead_letter(record, job_id=event.job_id, error=exc, attempts=attempt)
@@ -381,7 +397,7 @@ class StageWorker:
                 delay = backoff_delay(attempt, base=settings.retry_base_seconds, cap=settings.retry_max_seconds)
                 log.info("%s: job %s attempt %d failed (%s); retrying in %.2fs", stage, event.job_id,
                          attempt, exc, delay)
-                metrics.EVENTS_RETRIED.labels(stage).inc()
+                self._metrics.retried.inc()
                 await self._wait(delay)
                 attempt += 1
                 continue
@@ -394,15 +410,16 @@ class StageWorker:
         timeout = self.settings.stage_timeout_seconds
         async with self._slots:
             self._handling += 1
-            metrics.IN_FLIGHT.labels(self.stage.name).inc()
+            self._metrics.in_flight.inc()
             try:
-                return await asyncio.wait_for(self.stage.handler(event), timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(timeout):
+                    return await self.stage.handler(event)
+            except TimeoutError:
                 raise DeadlineExceeded(f"attempt ran past its deadline of {timeout:g}s") from None
             finally:
                 self._handling -= 1
                 self._last_progress = time.monotonic()
-                metrics.IN_FLIGHT.labels(self.stage.name).dec()
+                self._metrics.in_flight.dec()
 
     # ------------------------------------------------------------------------- producing
 
@@ -415,7 +432,7 @@ class StageWorker:
                                                    headers=tracing.kafka_headers())
 
         await self._until_acknowledged(send, f"job {event.job_id} to {topic}")
-        metrics.EVENTS_PRODUCED.labels(self.stage.name, topic).inc()
+        self._metrics.produced(topic).inc()
 
     async def _dead_letter(self, record: ConsumerRecord, *, job_id: str | None, error: BaseException,
                            attempts: int) -> None:
@@ -424,7 +441,7 @@ class StageWorker:
         await self._until_acknowledged(
             lambda: self._producer.send_and_wait(self.dlq, letter.model_dump_json().encode(), key=key),
             f"the dead letter of {job_id or 'an undecodable record'}")
-        metrics.EVENTS_DEAD_LETTERED.labels(self.stage.name).inc()
+        self._metrics.dead_lettered.inc()
         log.warning("%s: dead-lettered %s (%s: %s)", self.stage.name, job_id or "undecodable record",
                     letter.error_type, letter.error[:200])
 

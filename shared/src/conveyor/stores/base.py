@@ -7,9 +7,10 @@ one-time claim that keeps a redelivered notification from firing a second webhoo
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -51,8 +52,28 @@ class JobRecord(BaseModel):
     meta: dict[str, Any] = Field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Claim:
+    """What one delivery of a job's record to a stage is: `run` (attempt number `attempt`, already
+    counted), `skip` (the stage is done and skips redeliveries) or `died` (every allowed attempt
+    started and none finished: the record took its worker down each time)."""
+
+    action: Literal["run", "skip", "died"]
+    attempt: int
+
+
 class JobStore(abc.ABC):
     """Where job status lives; the gateway reads it, the stages write it."""
+
+    async def claim_attempt(self, job_id: str, stage: str, *, max_attempts: int, skip_done: bool) -> Claim:
+        """Decide what this delivery is and, for `run`, count the attempt before the handler runs.
+        Backends may do both in one step; this one reads, then writes."""
+        from conveyor.stores import records
+
+        updated, claim = records.claim(await self.get(job_id), stage, max_attempts=max_attempts, skip_done=skip_done)
+        if updated is not None:
+            await self.update_stage(job_id, stage, StageState.running, attempts=claim.attempt)
+        return claim
 
     @abc.abstractmethod
     async def create(self, record: JobRecord) -> None: ...

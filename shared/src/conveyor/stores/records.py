@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from conveyor.events import utcnow
-from conveyor.stores.base import JobRecord, JobState, StageProgress, StageState
+from conveyor.stores.base import Claim, JobRecord, JobState, StageProgress, StageState
 
 
 def with_stage(record: JobRecord, stage: str, state: StageState, *, attempts: int, error: str | None) -> JobRecord:
@@ -39,3 +39,20 @@ def completed(record: JobRecord, *, summary: str, meta: dict[str, Any] | None) -
 
 def notified(record: JobRecord) -> JobRecord:
     return record.model_copy(update={"notified_at": utcnow()})
+
+
+def claim(record: JobRecord | None, stage: str, *, max_attempts: int, skip_done: bool) -> tuple[JobRecord | None, Claim]:
+    """The record with this delivery's attempt counted (None: nothing to write), and the claim."""
+    progress = record.stages.get(stage) if record else None
+    if progress is None or progress.state in (StageState.pending, StageState.failed):
+        attempt = 1  # new, or replayed from the dead-letter topic
+    elif progress.state == StageState.done:
+        if skip_done:
+            return None, Claim("skip", progress.attempts)
+        attempt = 1
+    elif progress.attempts >= max_attempts:
+        return None, Claim("died", progress.attempts)
+    else:
+        attempt = progress.attempts + 1
+    updated = with_stage(record, stage, StageState.running, attempts=attempt, error=None) if record else None
+    return (updated if updated is not record else None), Claim("run", attempt)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.stores import records
-from conveyor.stores.base import JobRecord, JobStore, StageState
+from conveyor.stores.base import Claim, JobRecord, JobStore, StageState
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, record TEXT NOT NULL)"
 _SELECT_CHUNK = 500
@@ -141,6 +141,11 @@ class SqliteJobStore(JobStore):
                     done.set_result(value)
                 else:
                     done.set_exception(value)
+
+    async def claim_attempt(self, job_id: str, stage: str, *, max_attempts: int, skip_done: bool) -> Claim:
+        """Read the stage's progress and count the attempt in one grouped operation."""
+        return await self._grouped(job_id, lambda record: records.claim(record, stage, max_attempts=max_attempts,
+                                                                         skip_done=skip_done))
 
     async def update_stage(self, job_id: str, stage: str, state: StageState, *, attempts: int = 0,
                            error: str | None = None) -> None:
