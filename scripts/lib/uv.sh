@@ -7,7 +7,7 @@ if [ -z "$UV_VERSION" ]; then
   echo "pyproject.toml pins no uv release (\"uv==X.Y.Z\" in the test group)" >&2
   exit 2
 fi
-if [ "$(.tools/bin/uv --version 2>/dev/null)" != "uv $UV_VERSION" ]; then
+if [ "$(.tools/bin/uv --version 2>/dev/null | cut -d" " -f2)" != "$UV_VERSION" ]; then
   echo "Installing uv $UV_VERSION into .tools ..."
   "$PYTHON" -m venv .tools
   .tools/bin/python -m pip install --quiet "uv==$UV_VERSION"
