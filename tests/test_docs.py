@@ -28,6 +28,25 @@ def test_cli_help_lists_every_command() -> None:
 
 def test_invalid_setting_fails_fast_naming_the_variable() -> None:
     result = subprocess.run([sys.executable, "-m", "conveyor.cli.main", "topics"], capture_output=True, text=True,
-                            env={"CONVEYOR_PARTITIONS": "zero", "PATH": "/usr/bin:/bin"})
+                            env={"CONVEYOR_PARTITIONS": "zero", "CONVEYOR_MAX_ATTEMPTS": "0", "PATH": "/usr/bin:/bin"})
     assert result.returncode == 2
-    assert "partitions" in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        "invalid setting CONVEYOR_PARTITIONS='zero': Input should be a valid integer, unable to parse string as an integer",
+        "invalid setting CONVEYOR_MAX_ATTEMPTS='0': Input should be greater than or equal to 1",
+    ]
+
+
+def test_invalid_settings_never_echo_a_secret() -> None:
+    from pydantic import ValidationError
+
+    from conveyor.settings import Settings, invalid_settings
+
+    try:
+        Settings(openai_api_key=["not", "a", "string"], partitions=0)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = invalid_settings(exc, Settings)
+    by_variable = {line.split()[2].split("=")[0].rstrip(":"): line for line in lines}
+    assert by_variable["CONVEYOR_OPENAI_API_KEY"].startswith("invalid setting CONVEYOR_OPENAI_API_KEY: ")
+    assert "not" not in by_variable["CONVEYOR_OPENAI_API_KEY"], "the value is not echoed"
+    assert by_variable["CONVEYOR_PARTITIONS"].startswith("invalid setting CONVEYOR_PARTITIONS='0': ")

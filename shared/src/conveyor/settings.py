@@ -144,9 +144,24 @@ def get_settings() -> Settings:
 
 
 def load_settings() -> Settings:
-    """Settings for a service's entry point: a bad value ends the process with exit code 2."""
+    """Settings for a service's entry point: a bad value ends the process with exit code 2 and
+    one line per bad variable."""
     try:
         return Settings()
     except ValidationError as exc:
-        print(f"invalid CONVEYOR_* setting:\n{exc}", file=sys.stderr)
+        print("\n".join(invalid_settings(exc, Settings)), file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def invalid_settings(error: ValidationError, model: type[BaseSettings]) -> list[str]:
+    """One line per bad value, naming its environment variable; secret values are not echoed."""
+    prefix = str(model.model_config.get("env_prefix", ""))
+    lines = []
+    for problem in error.errors(include_url=False):
+        field = str(problem["loc"][0]) if problem["loc"] else ""
+        variable = f"{prefix}{field}".upper()
+        annotation = model.model_fields[field].annotation if field in model.model_fields else None
+        secret = "SecretStr" in str(annotation)
+        shown = "" if secret or "input" not in problem else f"={str(problem['input'])[:80]!r}"
+        lines.append(f"invalid setting {variable}{shown}: {problem['msg']}")
+    return lines

@@ -18,7 +18,7 @@ from conveyor.operator.config import OperatorConfig
 from conveyor.operator.handlers import FINALIZER, build_registry
 from conveyor.operator.kafka_admin import KafkaAdmin
 from conveyor.operator.reconciling import Runtime
-from conveyor.settings import Settings
+from conveyor.settings import invalid_settings, load_settings
 
 ANNOTATION_PREFIX = "conveyor.dev"
 
@@ -58,10 +58,11 @@ async def serve(config: OperatorConfig, runtime: Runtime, *, stop_flag: asyncio.
 def run() -> int:
     """Entry point of `conveyor-operator`; returns the process exit code."""
     try:
-        config, settings = OperatorConfig(), Settings()
+        config = OperatorConfig()
     except ValidationError as exc:
-        print(f"invalid CONVEYOR_* setting:\n{exc}", file=sys.stderr)
+        print("\n".join(invalid_settings(exc, OperatorConfig)), file=sys.stderr)
         return 2
+    settings = load_settings()
     kopf.configure(debug=settings.log_level.upper() == "DEBUG",
                    quiet=settings.log_level.upper() in ("WARNING", "ERROR", "CRITICAL"),
                    log_format=kopf.LogFormat.JSON if settings.log_json else kopf.LogFormat.FULL)
