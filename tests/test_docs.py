@@ -50,3 +50,40 @@ def test_invalid_settings_never_echo_a_secret() -> None:
     assert by_variable["CONVEYOR_OPENAI_API_KEY"].startswith("invalid setting CONVEYOR_OPENAI_API_KEY: ")
     assert "not" not in by_variable["CONVEYOR_OPENAI_API_KEY"], "the value is not echoed"
     assert by_variable["CONVEYOR_PARTITIONS"].startswith("invalid setting CONVEYOR_PARTITIONS='0': ")
+
+
+def cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "conveyor.cli.main", *args], capture_output=True, text=True,
+                          timeout=60, env={"PATH": "/usr/bin:/bin", **env})
+
+
+def test_a_broker_that_is_not_there_is_one_line_that_says_what_to_do() -> None:
+    from conveyor.cli.embedded_broker import free_port
+
+    address = f"127.0.0.1:{free_port()}"
+    for command in (["topics"], ["lag"], ["dlq", "list", "extractor"], ["dlq", "replay", "notifier"]):
+        result = cli(*command, CONVEYOR_BOOTSTRAP_SERVERS=address)
+        assert result.returncode == 1, command
+        assert result.stderr.strip().splitlines() == [
+            f"conveyor: cannot reach the Kafka broker at {address} (KafkaConnectionError). Is `conveyor up` "
+            "running? Point CONVEYOR_BOOTSTRAP_SERVERS at the broker it printed."], command
+
+
+def test_a_gateway_that_is_not_there_is_one_line_and_its_port_is_the_gateways() -> None:
+    from conveyor.cli.embedded_broker import free_port
+
+    port = free_port()
+    for command in (["status", "job-1"], ["submit", "/etc/hostname"]):
+        result = cli(*command, CONVEYOR_GATEWAY_PORT=str(port))
+        assert result.returncode == 1, command
+        assert result.stderr.strip().splitlines() == [
+            f"conveyor: cannot reach the gateway at http://127.0.0.1:{port} (ConnectError). Is `conveyor up` "
+            "running? Give its address with --url or CONVEYOR_GATEWAY_URL."], command
+
+
+def test_replaying_a_job_with_no_dead_letter_says_so(broker: str) -> None:
+    result = cli("dlq", "replay", "summarizer", "--job", "nope", CONVEYOR_BOOTSTRAP_SERVERS=broker,
+                 CONVEYOR_TOPIC_PREFIX="replaynone")
+    assert result.returncode == 1
+    assert "replayed 0 record(s)" in result.stdout
+    assert result.stderr.strip() == "conveyor: no dead letter for job(s) nope on replaynone.summarize.dlq"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import mimetypes
 import sys
@@ -11,6 +12,19 @@ from pathlib import Path
 import httpx
 
 TERMINAL = {"completed", "failed"}
+
+
+def run(args: argparse.Namespace) -> int:
+    """`submit` or `status`; a gateway that cannot be reached is one line that says what to do."""
+    try:
+        if args.command == "submit":
+            return submit(args.url, args.source, user_id=args.user, callback_url=args.callback_url,
+                          wait=args.wait, timeout=args.timeout)
+        return status(args.url, args.job_id)
+    except httpx.TransportError as exc:
+        print(f"conveyor: cannot reach the gateway at {args.url} ({type(exc).__name__}). Is `conveyor up` running? "
+              "Give its address with --url or CONVEYOR_GATEWAY_URL.", file=sys.stderr)
+        return 1
 
 
 def submit(url: str, source: str, *, user_id: str, callback_url: str | None, wait: bool, timeout: float) -> int:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
+from collections.abc import Coroutine
+from typing import Any
+
+from aiokafka.errors import KafkaError
 
 from conveyor.events import DeadLetter
 from conveyor.kafka.admin import describe_partitions, ensure_topics
@@ -45,9 +50,9 @@ async def lag(settings: Settings, *, as_json: bool) -> int:
 async def read_dead_letters(settings: Settings, stage: str, *, idle_ms: int = 1500) -> list[DeadLetter]:
     """Every record on the stage's DLQ, read with no consumer group (reading changes nothing)."""
     consumer = make_consumer(settings, dlq_topic(stage, settings.topic_prefix), group_id=None)
-    await consumer.start()
     letters: list[DeadLetter] = []
     try:
+        await consumer.start()
         while batch := await consumer.getmany(timeout_ms=idle_ms):
             for records in batch.values():
                 letters += [DeadLetter.model_validate_json(r.value) for r in records]
@@ -68,6 +73,7 @@ async def dlq_list(settings: Settings, stage: str) -> int:
 async def dlq_replay(settings: Settings, stage: str, *, job_ids: set[str] | None) -> int:
     """Send dead-lettered records back to the stage's input topic, byte for byte."""
     letters = [l for l in await read_dead_letters(settings, stage) if not job_ids or l.job_id in job_ids]
+    missing = sorted((job_ids or set()) - {l.job_id for l in letters})
     producer = make_producer(settings)
     await producer.start()
     try:
@@ -79,8 +85,19 @@ async def dlq_replay(settings: Settings, stage: str, *, job_ids: set[str] | None
     finally:
         await producer.stop()
     print(f"replayed {len(letters)} record(s) to {topic}")
+    if missing:
+        print(f"conveyor: no dead letter for job(s) {', '.join(missing)} on {dlq_topic(stage, settings.topic_prefix)}",
+              file=sys.stderr)
+        return 1
     return 0
 
 
-def run(coro) -> int:  # type: ignore[no-untyped-def]
-    return asyncio.run(coro)
+def run(coro: Coroutine[Any, Any, int], settings: Settings) -> int:
+    """Run a command; a broker that cannot be reached is one line that says what to do."""
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # its connection errors: ours says it once
+    try:
+        return asyncio.run(coro)
+    except KafkaError as exc:
+        print(f"conveyor: cannot reach the Kafka broker at {settings.bootstrap_servers} ({type(exc).__name__}). "
+              "Is `conveyor up` running? Point CONVEYOR_BOOTSTRAP_SERVERS at the broker it printed.", file=sys.stderr)
+        return 1

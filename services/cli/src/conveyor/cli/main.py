@@ -12,7 +12,8 @@ from conveyor.cli.services import ServiceNotInstalled, service_argv
 from conveyor.settings import Settings, load_settings
 from conveyor.topics import STAGES
 
-DEFAULT_GATEWAY_URL = "http://127.0.0.1:8000"
+# The gateway `conveyor up` starts on this machine: CONVEYOR_GATEWAY_PORT, as the gateway reads it.
+DEFAULT_GATEWAY_URL = f"http://127.0.0.1:{os.environ.get('CONVEYOR_GATEWAY_PORT', '8000')}"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,10 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("submit", "status"):
         from conveyor.cli import client_commands
 
-        if args.command == "submit":
-            return client_commands.submit(args.url, args.source, user_id=args.user, callback_url=args.callback_url,
-                                          wait=args.wait, timeout=args.timeout)
-        return client_commands.status(args.url, args.job_id)
+        return client_commands.run(args)
     try:
         if args.command in ("gateway", "worker", "operator"):
             return _run_service(args.stage if args.command == "worker" else args.command)
@@ -113,12 +111,12 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     from conveyor.cli import kafka_commands as kc
 
     if args.command == "topics":
-        return kc.run(kc.topics(settings, create=args.create))
+        return kc.run(kc.topics(settings, create=args.create), settings)
     if args.command == "lag":
-        return kc.run(kc.lag(settings, as_json=args.json))
+        return kc.run(kc.lag(settings, as_json=args.json), settings)
     if args.dlq_command == "list":
-        return kc.run(kc.dlq_list(settings, args.stage))
-    return kc.run(kc.dlq_replay(settings, args.stage, job_ids=set(args.jobs or ())))
+        return kc.run(kc.dlq_list(settings, args.stage), settings)
+    return kc.run(kc.dlq_replay(settings, args.stage, job_ids=set(args.jobs or ())), settings)
 
 
 if __name__ == "__main__":
