@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import signal
 import subprocess
 import sys
@@ -52,3 +53,20 @@ def test_up_runs_the_pipeline_and_stops_cleanly(tmp_path) -> None:
     finally:
         if up.poll() is None:
             up.kill()
+
+
+@pytest.mark.parametrize("clash", ["gateway", "metrics"])
+def test_a_taken_port_stops_up_at_once_with_one_line(tmp_path, clash: str) -> None:
+    port, metrics_base = free_port(), free_port()
+    holder = socket.create_server(("127.0.0.1", port if clash == "gateway" else metrics_base))
+    try:
+        env = {**os.environ, "CONVEYOR_HOME": str(tmp_path / "state"), "CONVEYOR_GATEWAY_PORT": str(port)}
+        result = subprocess.run([sys.executable, "-m", "conveyor.cli.main", "up", "--metrics-port", str(metrics_base)],
+                                env=env, capture_output=True, text=True, timeout=30)
+    finally:
+        holder.close()
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    expected = f"gateway port {port}" if clash == "gateway" else f"metrics port(s) {metrics_base}"
+    assert line.startswith("conveyor up: ") and expected in line
+    assert not (tmp_path / "state" / "logs").exists(), "nothing was started"

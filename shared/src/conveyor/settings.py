@@ -118,6 +118,7 @@ class Settings(BaseSettings):
 
     # --- Telemetry -----------------------------------------------------------------------------
     metrics_port: int = Field(0, ge=0, description="Prometheus port for workers; 0 = off.")
+    metrics_host: str = Field("0.0.0.0", description="Bind address of a worker's probes and metrics (conveyor up uses 127.0.0.1).")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR.")
     log_json: bool = Field(False, description="JSON log lines (with job_id and trace_id).")
     trace_console: bool = Field(False, description="Print trace spans to the console (OTEL_* env vars configure OTLP).")

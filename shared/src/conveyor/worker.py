@@ -52,12 +52,12 @@ async def run_worker(stage_name: str, build_stage: StageFactory, settings: Setti
             loop.add_signal_handler(sig, worker.stop)
         if settings.metrics_port:
             server = await serve_probes(
-                "0.0.0.0", settings.metrics_port,
+                settings.metrics_host, settings.metrics_port,
                 ready=lambda: worker.ready and time.monotonic() - worker.last_poll < READY_STALE_SECONDS,
                 alive=worker.alive,
             )
             resources.push_async_callback(_close_server, server)
-            log.info("%s probes and metrics on :%d", stage_name, settings.metrics_port)
+            log.info("%s probes and metrics on %s:%d", stage_name, settings.metrics_host, settings.metrics_port)
         await worker.run()
     tracing.shutdown_tracing()
 

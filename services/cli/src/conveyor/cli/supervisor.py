@@ -11,7 +11,9 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +57,17 @@ def plan_children(settings: Settings, workers: dict[str, int], *, base_metrics_p
     return children
 
 
+def _is_free(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        # As the servers bind: a port held only by closing connections (TIME_WAIT) counts as free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def write_prometheus_targets(path: Path, settings: Settings, children: list[Child]) -> None:
     """File-based service discovery for a local Prometheus (see scripts/prometheus-local.yml)."""
     groups = [{"targets": [f"127.0.0.1:{settings.gateway_port}"], "labels": {"service": "gateway"}}]
@@ -78,11 +91,16 @@ class Supervisor:
     def run(self) -> int:
         for service in ("gateway", *STAGES):
             service_argv(service)  # a missing service stops us before anything starts
+        taken = self._taken_ports()
+        if taken:
+            print(f"conveyor up: {taken}", file=sys.stderr)
+            return 2
         home = self.settings.home.resolve()
         log_dir = home / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         broker = None
-        env = {**os.environ, "CONVEYOR_HOME": str(home)}
+        # Worker probes answer on loopback only: this is one machine, not a pod network.
+        env = {**os.environ, "CONVEYOR_HOME": str(home), "CONVEYOR_METRICS_HOST": "127.0.0.1"}
         if self.embedded:
             broker = EmbeddedBroker(log_path=log_dir / "broker.log").start()
             env["CONVEYOR_BOOTSTRAP_SERVERS"] = broker.bootstrap
@@ -105,6 +123,21 @@ class Supervisor:
                 broker.stop()
                 print("embedded broker stopped (its in-memory data is gone)", flush=True)
         return 0
+
+    def _taken_ports(self) -> str | None:
+        """What stands in the way of the ports this run needs (another program, or a second
+        `conveyor up`), as a line that says what to change; None when they are all free."""
+        gateway = (self.settings.gateway_host, self.settings.gateway_port)
+        if not _is_free(*gateway):
+            return (f"the gateway port {gateway[1]} on {gateway[0]} is taken (another program, or a second "
+                    "`conveyor up`?): stop it, or choose another with CONVEYOR_GATEWAY_PORT")
+        count = sum(self.workers.values())
+        ports = range(self.base_metrics_port, self.base_metrics_port + count)
+        busy = [port for port in ports if not _is_free("127.0.0.1", port)]
+        if busy:
+            return (f"worker metrics port(s) {', '.join(map(str, busy))} are taken: choose another range "
+                    f"with --metrics-port (this run needs {count} from {self.base_metrics_port})")
+        return None
 
     def _request_stop(self, signum: int, frame: object) -> None:
         if not self.stopping:
