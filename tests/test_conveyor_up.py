@@ -41,6 +41,18 @@ def test_up_runs_the_pipeline_and_stops_cleanly(tmp_path) -> None:
         assert summary.strip() and summary.strip().split(". ")[0] in english_text(seed=42)
         assert "completed" in submit.stderr  # progress lines
 
+        # The other commands find the running instance by themselves: its random broker port and
+        # its gateway, named nowhere in their environment.
+        plain = {k: v for k, v in env.items() if k not in ("CONVEYOR_GATEWAY_PORT", "CONVEYOR_BOOTSTRAP_SERVERS")}
+        topics = subprocess.run([sys.executable, "-m", "conveyor.cli.main", "topics"], env=plain,
+                                capture_output=True, text=True, timeout=60)
+        assert topics.returncode == 0, topics.stderr
+        assert "conveyor.extract" in topics.stdout and "missing" not in topics.stdout
+        status = subprocess.run([sys.executable, "-m", "conveyor.cli.main", "status", job_id], env=plain,
+                                capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["status"] == "completed"
+
         targets = json.loads((tmp_path / "state" / "prometheus-targets.json").read_text())
         assert {t["labels"]["service"] for t in targets} == {"gateway", "extractor", "summarizer", "notifier"}
 
@@ -49,6 +61,7 @@ def test_up_runs_the_pipeline_and_stops_cleanly(tmp_path) -> None:
         output = up.stdout.read()
         assert f"gateway    {url.replace('127.0.0.1', '127.0.0.1')}" in output
         assert "stopped 6 process(es)" in output
+        assert not (tmp_path / "state" / "up.json").exists(), "a stopped instance is not advertised"
         assert all(not c.is_running() or c.status() == psutil.STATUS_ZOMBIE for c in children)
     finally:
         if up.poll() is None:

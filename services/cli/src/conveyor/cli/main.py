@@ -8,12 +8,20 @@ import runpy
 import signal
 import sys
 
+from conveyor.cli import running
 from conveyor.cli.services import ServiceNotInstalled, service_argv
 from conveyor.settings import Settings, load_settings
 from conveyor.topics import STAGES
 
-# The gateway `conveyor up` starts on this machine: CONVEYOR_GATEWAY_PORT, as the gateway reads it.
-DEFAULT_GATEWAY_URL = f"http://127.0.0.1:{os.environ.get('CONVEYOR_GATEWAY_PORT', '8000')}"
+
+
+def default_gateway_url() -> str:
+    """CONVEYOR_GATEWAY_URL; else the running `conveyor up`'s gateway; else the port the gateway
+    reads (CONVEYOR_GATEWAY_PORT) on this machine."""
+    if "CONVEYOR_GATEWAY_URL" in os.environ:
+        return os.environ["CONVEYOR_GATEWAY_URL"]
+    up = running.find(running.home_from_environment())
+    return up.gateway_url if up else f"http://127.0.0.1:{os.environ.get('CONVEYOR_GATEWAY_PORT', '8000')}"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,12 +56,12 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--callback-url", help="webhook to POST the result to")
     submit.add_argument("--wait", action="store_true", help="wait for the job and print its summary")
     submit.add_argument("--timeout", type=float, default=300, help="seconds to wait with --wait (default 300)")
-    submit.add_argument("--url", default=os.environ.get("CONVEYOR_GATEWAY_URL", DEFAULT_GATEWAY_URL),
-                        help="gateway URL (default $CONVEYOR_GATEWAY_URL or %(default)s)")
+    submit.add_argument("--url", default=None, help="gateway URL (default $CONVEYOR_GATEWAY_URL, else the "
+                        "running `conveyor up`, else http://127.0.0.1:$CONVEYOR_GATEWAY_PORT)")
 
     status = sub.add_parser("status", help="show a job's status")
     status.add_argument("job_id")
-    status.add_argument("--url", default=os.environ.get("CONVEYOR_GATEWAY_URL", DEFAULT_GATEWAY_URL))
+    status.add_argument("--url", default=None, help="gateway URL (as for submit)")
 
     topics = sub.add_parser("topics", help="list the pipeline's topics and partitions")
     topics.add_argument("--create", action="store_true", help="create missing topics first")
@@ -79,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("submit", "status"):
         from conveyor.cli import client_commands
 
+        args.url = args.url or default_gateway_url()
         return client_commands.run(args)
     try:
         if args.command in ("gateway", "worker", "operator"):
@@ -109,6 +118,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return Supervisor(settings, workers=workers, base_metrics_port=args.metrics_port,
                           embedded=not args.external_broker).run()
     from conveyor.cli import kafka_commands as kc
+
+    up = running.find(settings.home)
+    if up and "CONVEYOR_BOOTSTRAP_SERVERS" not in os.environ:
+        settings = settings.model_copy(update={"bootstrap_servers": up.bootstrap_servers})
 
     if args.command == "topics":
         return kc.run(kc.topics(settings, create=args.create), settings)

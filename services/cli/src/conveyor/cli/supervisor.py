@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from conveyor.cli import running
 from conveyor.cli.embedded_broker import EmbeddedBroker
 from conveyor.cli.services import service_argv
 from conveyor.settings import Settings
@@ -110,14 +111,19 @@ class Supervisor:
         write_prometheus_targets(home / "prometheus-targets.json", self.settings, children)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._request_stop)
+        up_file: Path | None = None
         try:
             for child in children:
                 child.start()
+            url = f"http://{self.settings.gateway_host}:{self.settings.gateway_port}"
+            up_file = running.record(home, bootstrap_servers=bootstrap, gateway_url=url)
             self._print_banner(bootstrap, broker is not None, children, log_dir, home)
             while not self.stopping:
                 self._restart_dead(children)
                 time.sleep(0.5)
         finally:
+            if up_file:
+                up_file.unlink(missing_ok=True)
             self._stop_children(children)
             if broker:
                 broker.stop()
