@@ -218,3 +218,17 @@ def test_pip_installs_a_service_from_its_folder(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == _project(_folder("notifier"))["version"]
     assert (venv / "bin" / "conveyor-notifier").is_file()
+
+
+def test_the_conveyor_command_alone_names_the_service_it_lacks(tmp_path: Path) -> None:
+    venv = tmp_path / "cli-only"
+    subprocess.run([str(UV), "venv", "--quiet", "--python", sys.executable, str(venv)], check=True)
+    subprocess.run([str(UV), "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"),
+                    str(SHARED), str(REPO / "services" / "cli")], check=True, capture_output=True)
+    for command, service in ((["operator"], "operator"), (["up"], "gateway"), (["worker", "notifier"], "notifier")):
+        result = subprocess.run([str(venv / "bin" / "conveyor"), *command], capture_output=True, text=True,
+                                timeout=60, cwd=tmp_path)
+        assert result.returncode == 2, command
+        assert result.stderr.strip().splitlines() == [
+            f"conveyor: the {service} service is not installed here: run ./scripts/run for the whole pipeline, "
+            f"or pip install ./shared ./services/{service}"], command
