@@ -83,3 +83,29 @@ def test_a_taken_port_stops_up_at_once_with_one_line(tmp_path, clash: str) -> No
     expected = f"gateway port {port}" if clash == "gateway" else f"metrics port(s) {metrics_base}"
     assert line.startswith("conveyor up: ") and expected in line
     assert not (tmp_path / "state" / "logs").exists(), "nothing was started"
+
+
+def test_trace_console_prints_spans_in_the_terminal_of_up(tmp_path) -> None:
+    port = free_port()
+    env = {**os.environ, "CONVEYOR_HOME": str(tmp_path / "state"), "CONVEYOR_GATEWAY_PORT": str(port),
+           "CONVEYOR_SESSION_TIMEOUT_MS": "6000", "CONVEYOR_TEXTRANK_PROCESSES": "1"}
+    terminal = open(tmp_path / "terminal.txt", "w")  # read at the end: a pipe nobody drains would fill
+    up = subprocess.Popen([sys.executable, "-m", "conveyor.cli.main", "up", "--trace-console",
+                           "--metrics-port", str(free_port())], env=env, stdout=terminal,
+                          stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert wait_until_ready(url, timeout=60), "conveyor up: gateway never became ready"
+        submit = subprocess.run([sys.executable, "-m", "conveyor.cli.main", "submit", "-", "--wait", "--url", url,
+                                 "--timeout", "90"], input=english_text(seed=7), env=env, capture_output=True,
+                                text=True, timeout=120)
+        assert submit.returncode == 0, submit.stderr
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0
+    finally:
+        if up.poll() is None:
+            up.kill()
+        terminal.close()
+    output = (tmp_path / "terminal.txt").read_text()
+    assert '"trace_id"' in output and "extractor" in output, "spans reached the terminal"
+    assert '"trace_id"' not in (tmp_path / "state" / "logs" / "extractor-1.log").read_text()

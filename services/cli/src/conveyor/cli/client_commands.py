@@ -21,6 +21,10 @@ def run(args: argparse.Namespace) -> int:
             return submit(args.url, args.source, user_id=args.user, callback_url=args.callback_url,
                           wait=args.wait, timeout=args.timeout)
         return status(args.url, args.job_id)
+    except httpx.TimeoutException:
+        print(f"conveyor: the gateway at {args.url} did not answer in time; try again, or see its log",
+              file=sys.stderr)
+        return 1
     except httpx.TransportError as exc:
         print(f"conveyor: cannot reach the gateway at {args.url} ({type(exc).__name__}). Is `conveyor up` running? "
               "Give its address with --url or CONVEYOR_GATEWAY_URL.", file=sys.stderr)

@@ -41,7 +41,11 @@ class Child:
 
     def start(self) -> None:
         out = open(self.log_path, "ab")
-        self.process = subprocess.Popen(self.argv, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        # Logs go to the child's log file; with --trace-console its spans (printed on stdout) go to
+        # the terminal `conveyor up` runs in.
+        console = self.env.get("CONVEYOR_TRACE_CONSOLE", "").lower() in ("1", "true", "yes")
+        self.process = subprocess.Popen(self.argv, env=self.env, stdout=None if console else out,
+                                        stderr=out if console else subprocess.STDOUT)
         self.started_at = time.monotonic()
 
 
