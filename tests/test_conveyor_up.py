@@ -109,3 +109,20 @@ def test_trace_console_prints_spans_in_the_terminal_of_up(tmp_path) -> None:
     output = (tmp_path / "terminal.txt").read_text()
     assert '"trace_id"' in output and "extractor" in output, "spans reached the terminal"
     assert '"trace_id"' not in (tmp_path / "state" / "logs" / "extractor-1.log").read_text()
+
+
+def test_a_sigkilled_up_leaves_nothing_running(tmp_path) -> None:
+    port = free_port()
+    env = {**os.environ, "CONVEYOR_HOME": str(tmp_path / "state"), "CONVEYOR_GATEWAY_PORT": str(port),
+           "CONVEYOR_TEXTRANK_PROCESSES": "1"}
+    up = subprocess.Popen([sys.executable, "-m", "conveyor.cli.main", "up", "--metrics-port", str(free_port())],
+                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until_ready(f"http://127.0.0.1:{port}", timeout=60), "conveyor up: gateway never became ready"
+        children = psutil.Process(up.pid).children(recursive=True)
+        assert len(children) >= 5  # broker, gateway, three workers (and their pools)
+    finally:
+        up.kill()
+        up.wait()
+    _, alive = psutil.wait_procs(children, timeout=15)
+    assert not alive, [c.cmdline()[:3] for c in alive]

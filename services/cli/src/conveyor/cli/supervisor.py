@@ -21,6 +21,7 @@ from pathlib import Path
 from conveyor.cli import running
 from conveyor.cli.embedded_broker import EmbeddedBroker
 from conveyor.cli.services import service_argv
+from conveyor.isolation import die_with_parent
 from conveyor.settings import Settings
 from conveyor.topics import STAGES
 
@@ -44,8 +45,9 @@ class Child:
         # Logs go to the child's log file; with --trace-console its spans (printed on stdout) go to
         # the terminal `conveyor up` runs in.
         console = self.env.get("CONVEYOR_TRACE_CONSOLE", "").lower() in ("1", "true", "yes")
+        # die_with_parent: a SIGKILLed `conveyor up` takes its children with it.
         self.process = subprocess.Popen(self.argv, env=self.env, stdout=None if console else out,
-                                        stderr=out if console else subprocess.STDOUT)
+                                        stderr=out if console else subprocess.STDOUT, preexec_fn=die_with_parent)
         self.started_at = time.monotonic()
 
 
