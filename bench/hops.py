@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from pipeline import _baseline_hop, documents  # noqa: E402
+from stages import StageRun  # noqa: E402
 
 from conveyor.cli.embedded_broker import EmbeddedBroker  # noqa: E402
 from conveyor.events import Event, Payload  # noqa: E402
@@ -37,10 +37,9 @@ from conveyor.kafka.admin import ensure_topics  # noqa: E402
 from conveyor.kafka.clients import make_consumer, make_producer  # noqa: E402
 from conveyor.kafka.stage import Stage  # noqa: E402
 from conveyor.settings import Settings  # noqa: E402
-from conveyor.stores.base import JobRecord, JobStore, StageState  # noqa: E402
+from conveyor.stores.base import JobStore  # noqa: E402
 from conveyor.stores.blobs import BlobStore  # noqa: E402
-from conveyor.stores.sqlite_store import SqliteJobStore  # noqa: E402
-from conveyor.topics import STAGES, input_topic, next_stage  # noqa: E402
+from conveyor.topics import STAGES, next_stage  # noqa: E402
 
 RUN_TIMEOUT_SECONDS = 900
 
@@ -63,39 +62,18 @@ def cpu_seconds(pids: list[int]) -> float:
 
 async def conveyor_hops(bootstrap: str, count: int, home: Path) -> tuple[float, float]:
     """(docs/s, CPU us per hop) of three Conveyor stage processes."""
-    prefix = f"hop{uuid.uuid4().hex[:6]}"
-    settings = Settings(bootstrap_servers=bootstrap, topic_prefix=prefix, home=home, partitions=6)
-    await ensure_topics(settings, [input_topic(s, prefix) for s in STAGES])
-    env = {**os.environ, "CONVEYOR_BOOTSTRAP_SERVERS": bootstrap, "CONVEYOR_TOPIC_PREFIX": prefix,
-           "CONVEYOR_HOME": str(home), "CONVEYOR_LOG_LEVEL": "WARNING"}
-    workers = [subprocess.Popen([sys.executable, __file__, "--stage", stage], env=env) for stage in STAGES]
-    store = SqliteJobStore(settings.resolved_sqlite_path())
+    run = StageRun(bootstrap, home, worker_argv=lambda stage: [sys.executable, __file__, "--stage", stage])
+    await run.start(*STAGES)
     events = [Event(job_id=uuid.uuid4().hex, user_id="bench", stage="extractor", payload=Payload(text=d))
               for d in documents(count)]
-    for event in events:
-        await store.create(JobRecord(job_id=event.job_id, user_id="bench"))
-    await asyncio.sleep(8)  # every group joined before the clock starts
-    cpu_before, started = cpu_seconds([w.pid for w in workers]), time.time()
-    producer = make_producer(settings)
-    await producer.start()
-    topic = input_topic("extractor", prefix)
-    await asyncio.gather(*[await producer.send(topic, e.to_bytes(), key=e.job_id.encode()) for e in events])
-    await producer.stop()
-    deadline = time.monotonic() + RUN_TIMEOUT_SECONDS
-    remaining = {e.job_id for e in events}
-    while remaining:
-        if time.monotonic() > deadline or any(w.poll() is not None for w in workers):
-            raise SystemExit(f"conveyor run stopped with {len(remaining)} documents left")
-        for job_id in list(remaining)[:200]:
-            record = await store.get(job_id)
-            if record and (progress := record.stages.get(STAGES[-1])) and progress.state == StageState.done:
-                remaining.discard(job_id)
-        await asyncio.sleep(0.05)
-    elapsed, cpu = time.time() - started, cpu_seconds([w.pid for w in workers]) - cpu_before
-    for worker in workers:
-        worker.terminate()
-        worker.wait()
-    await store.close()
+    cpu_before = cpu_seconds([w.pid for w in run.workers])
+    try:
+        started = await run.send(events)
+        records = await run.wait([e.job_id for e in events], STAGES[-1], timeout=RUN_TIMEOUT_SECONDS)
+        cpu = cpu_seconds([w.pid for w in run.workers]) - cpu_before
+    finally:
+        run.stop()
+    elapsed = max(r.stages[STAGES[-1]].updated_at.timestamp() for r in records.values()) - started
     return count / elapsed, cpu / (count * len(STAGES)) * 1e6
 
 
@@ -115,8 +93,6 @@ async def plain_hops(bootstrap: str, count: int) -> tuple[float, float]:
     cpu_before, started = cpu_seconds([p.pid for p in processes]), time.time()
     producer = make_producer(settings)
     await producer.start()
-    import json
-
     await asyncio.gather(*[await producer.send(topics[0], json.dumps({"id": i, "text": d, "sent": time.time()}).encode())
                            for i, d in enumerate(documents(count))])
     await producer.stop()

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,8 @@ class StageRun:
     bootstrap: str
     home: Path
     env: dict[str, str] = field(default_factory=dict)
+    # The command line of one stage's worker process.
+    worker_argv: Callable[[str], list[str]] = lambda stage: [sys.executable, "-m", "conveyor.cli.main", "worker", stage]
     prefix: str = field(default_factory=lambda: f"b{uuid.uuid4().hex[:8]}")
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
@@ -39,8 +42,7 @@ class StageRun:
         env = {**os.environ, "CONVEYOR_BOOTSTRAP_SERVERS": self.bootstrap, "CONVEYOR_TOPIC_PREFIX": self.prefix,
                "CONVEYOR_HOME": str(self.home), "CONVEYOR_PARTITIONS": "6", "CONVEYOR_LOG_LEVEL": "WARNING",
                **self.env}
-        self.workers = [subprocess.Popen([sys.executable, "-m", "conveyor.cli.main", "worker", stage], env=env)
-                        for stage in stages]
+        self.workers = [subprocess.Popen(self.worker_argv(stage), env=env) for stage in stages]
         await asyncio.sleep(8)  # every group joined before the clock starts
 
     async def send(self, events: list[Event]) -> float:

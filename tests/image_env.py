@@ -57,10 +57,6 @@ class ImageEnv:
     import_failures: dict[str, str]
     distributions: list[str]
 
-    @property
-    def python(self) -> Path:
-        return self.root / "bin" / "python"
-
     def size_bytes(self) -> int:
         """Installed size: every regular file once (hard links from uv's cache counted once)."""
         seen: set[int] = set()
