@@ -12,24 +12,19 @@ LLM calls (jobs answered 200 more than once) and dead letters.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import math
 import random
 import sys
 import tempfile
-import uuid
 from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from documents import english_text  # noqa: E402
-from fakes.openai_server import FakeOpenAI, Received, Reply  # noqa: E402
-from stages import StageRun  # noqa: E402
+from llm import Received, Reply, lognormal_mean, serving, summarizer_env, summarizer_jobs  # noqa: E402
+from stages import StageRun, run  # noqa: E402
 
 from conveyor.cli.embedded_broker import EmbeddedBroker  # noqa: E402
-from conveyor.events import Event, Payload  # noqa: E402
 from conveyor.stores.base import StageState  # noqa: E402
 
 P99_SIGMA = math.log(20) / 2.326  # p50 1 s (mu = 0), p99 20 s
@@ -53,33 +48,21 @@ async def main() -> None:
     parser.add_argument("--jobs", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=8, help="LLM calls in flight (default 8)")
     args = parser.parse_args()
-    fake = FakeOpenAI()
-    fake.fallback = storm(seed=7)
-    fake.start()
-    texts = {english_text(seed=i, sentences=8): uuid.uuid4().hex for i in range(args.jobs)}
-    events = [Event(job_id=job, user_id="bench", stage="summarizer", payload=Payload(text=text))
-              for text, job in texts.items()]
-    try:
-        with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
-            run = StageRun(broker.bootstrap, Path(tmp), env={
-                "CONVEYOR_SUMMARIZER_BACKEND": "openai", "CONVEYOR_OPENAI_BASE_URL": fake.url,
-                "CONVEYOR_OPENAI_API_KEY": "bench", "CONVEYOR_OPENAI_MAX_CONCURRENCY": str(args.concurrency),
-                "CONVEYOR_OPENAI_TIMEOUT_SECONDS": "60", "CONVEYOR_STAGE_TIMEOUT_SECONDS": "600",
-                "CONVEYOR_MAX_IN_FLIGHT": "256", "CONVEYOR_CONCURRENCY": "64"})
-            await run.start("summarizer")
-            try:
-                started = await run.send(events)
-                records = await run.wait([e.job_id for e in events], "summarizer", timeout=7200)
-            finally:
-                run.stop()
-    finally:
-        fake.stop()
+    events = summarizer_jobs(args.jobs)
+    with serving(storm(seed=7)) as fake, EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:
+        stages = StageRun(broker.bootstrap, Path(tmp), env=summarizer_env(fake.url, concurrency=args.concurrency))
+        try:
+            await stages.start("summarizer")
+            started = await stages.send(events)
+            records = await stages.wait([e.job_id for e in events], "summarizer", timeout=7200)
+        finally:
+            stages.stop()
     done = [r for r in records.values() if r.stages["summarizer"].state == StageState.done]
     failed = len(records) - len(done)
     last = max(r.stages["summarizer"].updated_at.timestamp() for r in records.values())
     rate = len(done) / (last - started)
     latencies = sorted(r.stages["summarizer"].updated_at.timestamp() - started for r in done)
-    mean_latency = math.exp(P99_SIGMA ** 2 / 2)
+    mean_latency = lognormal_mean(1.0, P99_SIGMA)
     bound = args.concurrency / mean_latency
     # Each job's prompt is unique: a prompt answered 200 more than once is a duplicate LLM call.
     answered = Counter(received.body["messages"][-1]["content"] for received, status in fake.answers if status == 200)
@@ -93,4 +76,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    run(main)

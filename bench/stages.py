@@ -1,21 +1,26 @@
 """Shared by the benchmarks that run real stage processes: start them on fresh topics, feed one
-stage's topic, and wait until each job is done or failed at a stage."""
+stage's topic, wait until each job is done or failed at a stage, count dead letters; and `run`,
+which runs a benchmark's main so that Ctrl-C or SIGTERM still stops every process it started."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+from aiokafka import TopicPartition
 
 from conveyor.events import Event
 from conveyor.kafka.admin import ensure_topics
-from conveyor.kafka.clients import make_producer
+from conveyor.kafka.clients import make_consumer, make_producer
 from conveyor.settings import Settings
 from conveyor.stores.base import JobRecord, StageState
 from conveyor.stores.sqlite_store import SqliteJobStore
@@ -31,6 +36,8 @@ class StageRun:
     worker_argv: Callable[[str], list[str]] = lambda stage: [sys.executable, "-m", "conveyor.cli.main", "worker", stage]
     prefix: str = field(default_factory=lambda: f"b{uuid.uuid4().hex[:8]}")
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    # When set, each worker's output goes to <log_dir>/<stage>.log instead of this terminal.
+    log_dir: Path | None = None
 
     @property
     def settings(self) -> Settings:
@@ -42,7 +49,17 @@ class StageRun:
         env = {**os.environ, "CONVEYOR_BOOTSTRAP_SERVERS": self.bootstrap, "CONVEYOR_TOPIC_PREFIX": self.prefix,
                "CONVEYOR_HOME": str(self.home), "CONVEYOR_PARTITIONS": "6", "CONVEYOR_LOG_LEVEL": "WARNING",
                **self.env}
-        self.workers = [subprocess.Popen(self.worker_argv(stage), env=env) for stage in stages]
+        for stage in stages:
+            output = None
+            if self.log_dir is not None:
+                self.log_dir.mkdir(parents=True, exist_ok=True)
+                output = open(self.log_dir / f"{stage}.log", "ab")  # noqa: SIM115 - the child holds it
+            try:
+                self.workers.append(subprocess.Popen(self.worker_argv(stage), env=env, stdout=output,
+                                                     stderr=subprocess.STDOUT if output else None))
+            finally:
+                if output is not None:
+                    output.close()
         await asyncio.sleep(8)  # every group joined before the clock starts
 
     async def send(self, events: list[Event]) -> float:
@@ -78,8 +95,54 @@ class StageRun:
             await store.close()
         return finished
 
+    async def dead_letters(self, stage: str) -> int:
+        """Records in `stage`'s dead-letter topic."""
+        consumer = make_consumer(self.settings, group_id=None)
+        await consumer.start()
+        try:
+            topic = dlq_topic(stage, self.prefix)
+            partitions = [TopicPartition(topic, p) for p in sorted(await _partitions(consumer, topic))]
+            ends = await consumer.end_offsets(partitions)
+            starts = await consumer.beginning_offsets(partitions)
+            return sum(ends[tp] - starts[tp] for tp in partitions)
+        finally:
+            await consumer.stop()
+
     def stop(self) -> None:
+        """Stop every worker started (SIGTERM, then SIGKILL after 60 s); safe to call twice."""
         for worker in self.workers:
-            worker.terminate()
+            if worker.poll() is None:
+                worker.terminate()
         for worker in self.workers:
-            worker.wait(60)
+            try:
+                worker.wait(60)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+
+
+async def _partitions(consumer: Any, topic: str) -> set[int]:
+    """The topic's partitions, once the consumer's metadata knows the topic."""
+    deadline = time.monotonic() + 30
+    while not (partitions := consumer.partitions_for_topic(topic)):
+        if time.monotonic() > deadline:
+            raise SystemExit(f"no metadata for topic {topic}")
+        await consumer.topics()  # refreshes the metadata
+        await asyncio.sleep(0.2)
+    return partitions
+
+
+def run(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a benchmark's async main. Ctrl-C and SIGTERM cancel it, so its `finally` blocks stop
+    the processes and servers it started; the exit status is then 130."""
+    async def guarded() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        await main()
+
+    try:
+        asyncio.run(guarded())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        print("interrupted; every process it started is stopped", file=sys.stderr)
+        raise SystemExit(130) from None

@@ -158,10 +158,6 @@ def dashboard(uid: str, title: str, description: str, panels: list[Panel],
 # --- dashboards --------------------------------------------------------------------------------
 
 def pipeline() -> dict[str, Any]:
-    circuit_mappings = [{"type": "value", "options": {
-        "0": {"text": "closed", "color": "green", "index": 0},
-        "1": {"text": "open", "color": "red", "index": 1},
-    }}]
     panels: list[Panel] = [
         row("Overview"),
         stat("Jobs submitted / s", "Jobs the gateway accepted (202), all kinds.",
@@ -177,8 +173,9 @@ def pipeline() -> dict[str, Any]:
              f'sum(rate(conveyor_http_requests_total{{{NS}, {PROBE_ROUTES}, status=~"5.."}}[5m])) '
              f'/ sum(rate(conveyor_http_requests_total{{{NS}, {PROBE_ROUTES}}}[5m]))',
              unit="percentunit", thresholds=((None, "green"), (0.01, "orange"), (0.05, "red"))),
-        stat("LLM circuit", "Open while the summarizer's LLM circuit breaker rejects calls.",
-             f"max(conveyor_llm_circuit_open{{{NS}}})", mappings=circuit_mappings,
+        stat("Dependencies down", "How many dependencies (LLM endpoints, webhook hosts) have their circuit "
+             "breaker open: records needing them wait, uncharged, until they are back.",
+             f"count(max by (dependency) (conveyor_circuit_open{{{NS}}}) > 0) or vector(0)",
              thresholds=((None, "green"), (1, "red"))),
 
         row("Consumer lag"),
@@ -255,9 +252,11 @@ def pipeline() -> dict[str, Any]:
                             f"[{RATE}]))", "{{backend}} {{outcome}}"),
                            (f"sum(rate(conveyor_llm_rate_limited_total{{{NS}}}[{RATE}]))", "429 rate limited")),
                    unit="ops", width=12),
-        timeseries("LLM circuit breaker", "1 while a summarizer's circuit breaker is open, per instance.",
-                   targets((f"max by (namespace, instance) (conveyor_llm_circuit_open{{{NS}}})", "{{instance}}")),
-                   unit="short", width=12, mappings=circuit_mappings),
+        timeseries("Circuit breakers", "1 while a dependency's circuit breaker is open (the dependency is "
+                   "down), per dependency; and the records each stage holds waiting for one.",
+                   targets((f"max by (dependency) (conveyor_circuit_open{{{NS}}})", "{{dependency}}"),
+                           (f"sum by (stage) (conveyor_records_waiting{{{NS}}})", "{{stage}} records waiting")),
+                   unit="short", width=12),
         timeseries("LLM tokens / s", "Tokens reported by the LLM, by kind.",
                    targets((f"sum by (kind) (rate(conveyor_llm_tokens_total{{{NS}}}[{RATE}]))", "{{kind}}")),
                    unit="short", width=12),

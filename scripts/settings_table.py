@@ -13,7 +13,9 @@ from conveyor.settings import Settings
 def rows() -> list[tuple[str, str, str]]:
     table = []
     for name, field in Settings.model_fields.items():
-        default = field.default
+        default = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+        if isinstance(default, list):
+            default = ",".join(f"{item:g}" if isinstance(item, float) else str(item) for item in default) or None
         if isinstance(default, SecretStr):
             default = "(secret)"
         shown = "" if default is None else str(default)

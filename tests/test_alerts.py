@@ -230,7 +230,7 @@ def test_pipeline_dashboard_covers_the_pipeline() -> None:
                    "conveyor_events_failed_total", "conveyor_events_dead_lettered_total",
                    "kube_deployment_status_replicas{", "conveyor_http_requests_total",
                    "conveyor_http_request_duration_seconds_bucket", "conveyor_llm_request_duration_seconds_bucket",
-                   "conveyor_llm_rate_limited_total", "conveyor_llm_circuit_open"):
+                   "conveyor_llm_rate_limited_total", "conveyor_circuit_open"):
         assert needle in exprs, needle
 
 

@@ -80,6 +80,7 @@ def test_renders(name: str, rendered: dict[str, k8s.Manifests]) -> None:
     ({"kafka": {"securityProtocol": "TLS"}}, "securityProtocol"),
     ({"kafka": {"topics": {"replicationFactor": 2}}}, "replicationFactor"),
     ({"extractor": {"autoscaling": {"minReplicas": -1}}}, "minReplicas"),
+    ({"summarizer": {"autoscaling": {"excludePersistentLag": "true"}}}, "excludePersistentLag"),
     ({"networkPolicy": {"enabled": "yes"}}, "enabled"),
     ({"gateway": {"resources": {"limits": {"memory": "lots"}}}}, "memory"),
     ({"unknownTopLevel": True}, "unknownTopLevel"),
@@ -222,6 +223,28 @@ def test_scaled_objects_match_deployments_and_topics(name: str, rendered: dict[s
         else:
             assert "authenticationRef" not in trigger and "sasl" not in meta
         assert ("tls" in meta) == (env["CONVEYOR_SECURITY_PROTOCOL"] in ("SSL", "SASL_SSL"))
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_scaled_objects_exclude_persistent_lag_by_default(name: str, rendered: dict[str, k8s.Manifests]) -> None:
+    """A stage waiting out an outage holds its offsets; KEDA must not scale it up for that lag."""
+    manifests, values = rendered[name], VALUE_SETS[name]
+    autoscaled = {s for s in WORKERS if (values.get(s) or {}).get("autoscaling", {}).get("enabled", True)}
+    scaled = {so["metadata"]["name"]: so for so in manifests.of("ScaledObject")}
+    assert set(scaled) == {f"{k8s.RELEASE}-{s}" for s in autoscaled}
+    for so_name, so in scaled.items():
+        (trigger,) = so["spec"]["triggers"]
+        assert trigger["metadata"]["excludePersistentLag"] == "true", so_name
+        assert not k8s.object_errors(so), (so_name, k8s.object_errors(so))
+
+
+def test_exclude_persistent_lag_can_be_turned_off_per_stage() -> None:
+    manifests = k8s.render({"summarizer": {"autoscaling": {"excludePersistentLag": False}}})
+    flags = {so["metadata"]["name"]: so["spec"]["triggers"][0]["metadata"]["excludePersistentLag"]
+             for so in manifests.of("ScaledObject")}
+    assert flags == {f"{k8s.RELEASE}-{s}": "false" if s == "summarizer" else "true" for s in WORKERS}
+    failures = {so["metadata"]["name"]: errs for so in manifests.of("ScaledObject") if (errs := k8s.object_errors(so))}
+    assert not failures, failures
 
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))

@@ -73,27 +73,39 @@ def test_garbage_bytes_go_to_the_dlq_and_the_worker_keeps_going(pipeline: Pipeli
     assert pipeline.processes["extractor-1"].poll() is None
 
 
-def test_failing_webhook_ends_in_the_dlq_and_replay_delivers_it(pipeline: Pipeline, receiver: WebhookReceiver) -> None:
-    pipeline.start_all()
-    receiver.failing = True
-    job_id = pipeline.submit(english_text(seed=6), callback_url=receiver.url)
+def test_a_webhook_refused_past_its_schedule_fails_keeps_its_summary_and_can_be_resent(
+        broker: str, tmp_path, receiver: WebhookReceiver) -> None:
+    pipeline = Pipeline(broker, tmp_path, extra_env={
+        "CONVEYOR_WEBHOOK_ALLOW_PRIVATE": "true", "CONVEYOR_WEBHOOK_SECRET": SECRET,
+        "CONVEYOR_WEBHOOK_RETRY_SCHEDULE": "0.3,0.3",
+    })
+    try:
+        pipeline.start_all()
+        receiver.failing = True
+        job_id = pipeline.submit(english_text(seed=6), callback_url=receiver.url)
 
-    job = pipeline.wait_for([job_id], states=("failed",))[job_id]
-    assert job["stages"]["notifier"]["state"] == "failed"
-    assert job["stages"]["notifier"]["attempts"] == 3
-    assert "503" in job["error"]
-    assert receiver.attempts == 3
-    assert "TransientError" in run_cli(pipeline, "dlq", "list", "notifier")
+        pipeline.wait_for([job_id])
+        deadline = time.monotonic() + 30
+        while (pipeline.job(job_id).get("delivery") or {}).get("state") != "failed" and time.monotonic() < deadline:
+            time.sleep(0.2)
+        job = pipeline.job(job_id)
+        assert job["status"] == "completed" and job["summary"]
+        assert job["delivery"]["state"] == "failed"
+        assert job["delivery"]["last_status"] == 503
+        assert job["delivery"]["attempts"] == 3 == receiver.attempts  # the first POST and two retries
+        assert job["notified_at"] is None
 
-    receiver.failing = False
-    assert "replayed 1 record" in run_cli(pipeline, "dlq", "replay", "notifier")
-
-    pipeline.wait_for([job_id])
-    deadline = time.monotonic() + 30
-    while not pipeline.job(job_id)["notified_at"] and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert receiver.deliveries == {job_id: 1}
-    assert receiver.bad_signatures == 0
+        receiver.failing = False
+        assert "sent again now" in run_cli(pipeline, "redeliver", job_id)
+        deadline = time.monotonic() + 30
+        while not pipeline.job(job_id)["notified_at"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert receiver.deliveries == {job_id: 1}
+        assert receiver.ids[job_id] == {job_id}
+        assert pipeline.job(job_id)["delivery"]["state"] == "delivered"
+        assert receiver.bad_signatures == 0
+    finally:
+        pipeline.stop_all()
 
 
 def test_two_extractors_share_the_partitions(pipeline: Pipeline) -> None:

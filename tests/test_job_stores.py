@@ -300,7 +300,7 @@ async def test_sqlite_grouped_operation_that_fails_fails_alone(tmp_path) -> None
             raise ValueError("bad change")
 
         results = await asyncio.gather(
-            store._transform("a", broken),
+            store.transform("a", broken),
             store.update_stage("b", "extractor", StageState.done, attempts=1),
             return_exceptions=True)
         assert isinstance(results[0], ValueError) and results[1] is None
@@ -332,3 +332,42 @@ async def test_claims_count_attempts_durably(store: JobStore) -> None:
     assert again.action == "run"
     done = await store.get(job)
     assert done and done.stages["extractor"].state == StageState.done, "a finished stage never moves back"
+
+
+async def test_the_delivery_schedule_hands_each_due_delivery_to_one_claimer(store: JobStore) -> None:
+    await store.schedule_delivery("due-1", host="a:80", due=100.0)
+    await store.schedule_delivery("due-2", host="b:80", due=150.0)
+    await store.schedule_delivery("later", host="a:80", due=500.0)
+
+    assert sorted(await store.delivery_hosts()) == ["a:80", "b:80"]
+    assert await store.claim_due_deliveries(200.0, limit=10, lease_seconds=60) == ["due-1", "due-2"]
+    # Leased until 260: nobody else takes them meanwhile; after the lease they are due again.
+    assert await store.claim_due_deliveries(250.0, limit=10, lease_seconds=60) == []
+    assert sorted(await store.claim_due_deliveries(261.0, limit=10, lease_seconds=60)) == ["due-1", "due-2"]
+    # A host's release takes its deliveries whatever their due time.
+    assert sorted(await store.claim_host_deliveries("a:80", 300.0, limit=10, lease_seconds=60)) == ["due-1", "later"]
+    await store.unschedule_delivery("due-1")
+    await store.unschedule_delivery("due-2")
+    assert await store.claim_host_deliveries("a:80", 1000.0, limit=10, lease_seconds=60) == ["later"]
+    assert await store.delivery_hosts() == ["a:80"]
+
+
+async def test_waiting_gives_back_the_interrupted_attempt_and_names_the_dependency(store: JobStore) -> None:
+    record = _record()
+    await store.create(record)
+    claim = await store.claim_attempt(record.job_id, "summarizer", max_attempts=3, skip_done=True)
+    await store.update_stage(record.job_id, "summarizer", StageState.waiting, attempts=claim.attempt - 1,
+                             error="503", waiting_for="llm api/v1")
+
+    waiting = await store.get(record.job_id)
+    assert waiting is not None and waiting.state == JobState.waiting and waiting.redrivable()
+    progress = waiting.stages["summarizer"]
+    assert (progress.attempts, progress.waiting_for) == (0, "llm api/v1") and progress.waiting_since
+    # Waiting out any number of outages never reaches "worker died".
+    for _ in range(5):
+        claim = await store.claim_attempt(record.job_id, "summarizer", max_attempts=3, skip_done=True)
+        assert (claim.action, claim.attempt) == ("run", 1)
+        await store.update_stage(record.job_id, "summarizer", StageState.waiting, attempts=0, waiting_for="llm api/v1")
+    await store.update_stage(record.job_id, "summarizer", StageState.done, attempts=1)
+    done = await store.get(record.job_id)
+    assert done is not None and done.state == JobState.running and done.stages["summarizer"].waiting_for is None

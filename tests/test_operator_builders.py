@@ -248,7 +248,19 @@ def test_scaled_object_scales_on_the_stage_consumer_group() -> None:
         "activationLagThreshold": "0",
         "offsetResetPolicy": "earliest",
         "allowIdleConsumers": "false",
+        "excludePersistentLag": "true",
     }}]
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_scaled_objects_exclude_persistent_lag(path: Path, keda: jsonschema.Validator) -> None:
+    """A stage waiting out an outage holds its offsets; KEDA must not scale it up for that lag."""
+    spec = parse_spec(example(path)["spec"])
+    for stage in spec.stages:
+        scaled = build_scaled_object(spec, stage, OWNER)
+        (trigger,) = scaled["spec"]["triggers"]
+        assert trigger["metadata"]["excludePersistentLag"] == "true", stage.name
+        assert errors(keda, scaled) == [], stage.name
 
 
 def test_redpanda_topics_name_the_real_topic_and_cluster() -> None:

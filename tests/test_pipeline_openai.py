@@ -1,5 +1,5 @@
 """The pipeline with the `openai` summarizer backend against a local OpenAI-compatible server
-that answers 429, 500 and too slowly: every job completes, retries are visible, none is lost."""
+that answers 429, 500 and too slowly: every job completes, none is lost or dead-lettered."""
 
 from __future__ import annotations
 
@@ -26,7 +26,6 @@ def test_jobs_complete_through_429_500_and_timeouts(broker: str, tmp_path, opena
         "CONVEYOR_SUMMARIZER_BACKEND": "openai",
         "CONVEYOR_OPENAI_BASE_URL": openai_server.url,
         "CONVEYOR_OPENAI_TIMEOUT_SECONDS": "1",
-        "CONVEYOR_OPENAI_MAX_RETRIES": "0",  # every fault reaches the pipeline's own retry
         "CONVEYOR_MAX_ATTEMPTS": "6",
     })
     pipeline.start_gateway()
@@ -51,8 +50,7 @@ def test_jobs_complete_through_429_500_and_timeouts(broker: str, tmp_path, opena
         scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
         assert metric(scraped, "conveyor_llm_rate_limited_total") >= 2
         assert metric(scraped, "conveyor_llm_tokens_total") > 0
-        # Each injected fault became one pipeline retry with backoff, not a lost job.
-        assert metric(scraped, "conveyor_events_retried_total") >= 8
+        # Each injected fault was waited out (the endpoint's, not the record's), never a lost job.
         assert metric(scraped, "conveyor_events_dead_lettered_total") == 0
     finally:
         pipeline.stop_all()

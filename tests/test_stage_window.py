@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from conveyor.breakers import Breaker, DependencyFailure
 from conveyor.errors import PermanentError
 from conveyor.events import DeadLetter, Event, Payload
 from conveyor.kafka.stage import Stage, StageWorker
@@ -45,12 +46,13 @@ async def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
 
 
 class Harness:
-    def __init__(self, tmp_path: Path, handler, *, partitions: int = 1, **overrides: object) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, tmp_path: Path, handler, *, partitions: int = 1, blocked=None,  # type: ignore[no-untyped-def]
+                 **overrides: object) -> None:
         self.store = SqliteJobStore(tmp_path / "jobs.sqlite3")
         self.consumer = FakeConsumer(TOPIC, partitions=partitions)
         self.producer = FakeProducer()
         self.settings = settings(**overrides)
-        self.worker = StageWorker(Stage("extractor", handler), self.settings, self.store,
+        self.worker = StageWorker(Stage("extractor", handler, blocked=blocked), self.settings, self.store,
                                   consumer=self.consumer, producer=self.producer)
 
     async def add(self, job_id: str, *, partition: int = 0, **extra: object) -> int:
@@ -308,3 +310,94 @@ async def test_many_records_across_partitions_all_commit(tmp_path: Path, count: 
         await eventually(lambda: len(h.outputs()) == count, timeout=20)
         await eventually(lambda: sum(h.consumer.committed_position(p) or 0 for p in range(3)) == count)
     assert sorted(h.outputs()) == sorted(f"j{i}" for i in range(count))
+
+
+class FlakyDependency:
+    """A dependency behind a real breaker (opens after 2 failures, probes every 50 ms) that is down
+    while `down` is set; counts the calls that reached it."""
+
+    def __init__(self) -> None:
+        self.breaker = Breaker("dep", failures=2, probe_seconds=0.05, probe_max_seconds=0.05)
+        self.down = True
+        self.calls = 0
+        self.calls_while_down = 0
+
+    async def handler(self, event: Event) -> Event:
+        async with self.breaker.call():
+            self.calls += 1
+            if self.down:
+                self.calls_while_down += 1
+                raise DependencyFailure("refused")
+        return event.next("summarizer")
+
+
+async def test_an_outage_is_waited_out_without_using_attempts_or_reaching_the_dlq(tmp_path: Path) -> None:
+    dependency = FlakyDependency()
+    harness = Harness(tmp_path, dependency.handler, max_attempts=2)
+    for i in range(20):
+        await harness.add(f"job-{i}")
+
+    async with harness.running():
+        await asyncio.sleep(1.0)  # 20 retry budgets of 2 attempts would be spent many times over
+        waiting = await harness.store.get("job-0")
+        dependency.down = False
+        await eventually(lambda: len(harness.outputs()) == 20)
+
+    assert harness.dead_letters() == []
+    assert waiting is not None and waiting.stages["extractor"].state == StageState.waiting
+    assert waiting.stages["extractor"].waiting_for == "dep"
+    # Probes, not a flood: two failures open the breaker, then about one probe per 50 ms.
+    assert dependency.calls_while_down <= 2 + 1.0 / 0.05 + 4
+    for i in range(20):
+        record = await SqliteJobStore(tmp_path / "jobs.sqlite3").get(f"job-{i}")
+        assert record is not None and record.stages["extractor"].attempts == 1
+
+
+async def test_a_failure_while_the_dependency_serves_others_is_charged_and_dead_lettered(tmp_path: Path) -> None:
+    breaker = Breaker("dep", failures=100, probe_seconds=1, probe_max_seconds=1)
+
+    async def handler(event: Event) -> Event:
+        async with breaker.call():
+            if event.job_id == "poison":
+                await asyncio.sleep(0.05)  # the healthy ones succeed meanwhile
+                raise DependencyFailure("500 for this input")
+        return event.next("summarizer")
+
+    harness = Harness(tmp_path, handler, max_attempts=2, partitions=2)
+    await harness.add("poison", partition=0)
+    healthy = 0
+
+    async def keep_the_dependency_busy() -> None:
+        nonlocal healthy
+        while True:
+            await harness.add(f"ok-{healthy}", partition=1)
+            healthy += 1
+            await asyncio.sleep(0.005)
+
+    async with harness.running():
+        feeder = asyncio.create_task(keep_the_dependency_busy())
+        try:
+            await eventually(lambda: len(harness.dead_letters()) == 1)
+        finally:
+            feeder.cancel()
+        await eventually(lambda: len(harness.outputs()) == healthy)
+
+    assert harness.dead_letters()[0].job_id == "poison"
+
+
+async def test_a_stage_whose_every_record_needs_a_down_dependency_stops_fetching(tmp_path: Path) -> None:
+    handled: list[str] = []
+    down = True
+
+    async def handler(event: Event) -> Event:
+        handled.append(event.job_id)
+        return event.next("summarizer")
+
+    harness = Harness(tmp_path, handler, blocked=lambda: "dep" if down else None)
+    for i in range(5):
+        await harness.add(f"job-{i}")
+    async with harness.running():
+        await asyncio.sleep(0.5)
+        assert handled == [] and harness.consumer.paused()
+        down = False
+        await eventually(lambda: len(harness.outputs()) == 5)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -44,6 +45,7 @@ class WebhookReceiver:
                         return
                     job_id = json.loads(body)["job_id"]
                     receiver.deliveries[job_id] += 1
+                    receiver.arrivals.setdefault(job_id, time.time())
                     receiver.ids.setdefault(job_id, set()).add(self.headers["webhook-id"])
                 self.send_response(204)
                 self.end_headers()
@@ -52,12 +54,26 @@ class WebhookReceiver:
                 pass
 
         self._lock = threading.Lock()
+        self._handler = Handler
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self._server.server_address[1]
+        self.arrivals: dict[str, float] = {}  # job id -> time.time() of its first delivery
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/hook"
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    def refuse(self) -> None:
+        """Stop listening: connections to the port are refused until `listen()`."""
+        self._server.shutdown()
+        self._server.server_close()
+
+    def listen(self) -> None:
+        """Listen again, on the same port."""
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
 
     def __enter__(self) -> "WebhookReceiver":
         self._thread.start()

@@ -75,6 +75,7 @@ class FakeOpenAI:
         self.requests: list[Received] = []
         self.answers: list[tuple[Received, int]] = []
         self.fallback: Callable[[Received], Reply] | None = None
+        self.in_flight = 0  # requests being answered now, this one included while `fallback` decides
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
@@ -96,6 +97,7 @@ class FakeOpenAI:
     def _next(self, received: Received) -> Reply:
         with self._lock:
             self.requests.append(received)
+            self.in_flight += 1
             if self._replies:
                 return self._replies.popleft()
             return self.fallback(received) if self.fallback else Reply.ok()
@@ -110,6 +112,7 @@ class FakeOpenAI:
             if reply.delay:
                 await asyncio.sleep(reply.delay)
             with self._lock:
+                self.in_flight -= 1
                 self.answers.append((Received(time.monotonic(), body, {}), reply.status))
             if reply.status != 200:
                 headers = {} if reply.retry_after is None else {"retry-after": str(reply.retry_after)}
@@ -119,10 +122,12 @@ class FakeOpenAI:
 
         return app
 
-    def start(self) -> None:
+    def start(self, port: int = 0) -> None:
+        """Listen on `port` (0: a free one); after `stop()`, `start(server.port)` comes back on the
+        same address, so a client sees connections refused in between."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", port))
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(
             self._app(), log_level="warning", lifespan="off", timeout_graceful_shutdown=0.5

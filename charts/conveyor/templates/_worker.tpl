@@ -92,6 +92,8 @@ spec:
         topic: {{ include "conveyor.inputTopic" (dict "root" $root "stage" $stage) | quote }}
         lagThreshold: {{ int $as.lagThreshold | toString | quote }}
         activationLagThreshold: {{ int $as.activationLagThreshold | toString | quote }}
+        # A stage waiting out an outage (breaker open) holds its offsets; more replicas would not help.
+        excludePersistentLag: {{ $as.excludePersistentLag | toString | quote }}
         # Same as the workers' consumers: a new group starts from the oldest record.
         offsetResetPolicy: earliest
         allowIdleConsumers: "false"

@@ -98,3 +98,5 @@ def setup_logging(level: str, *, json: bool, service: str, stream: TextIO | None
         old.close()
     root.addHandler(handler)
     root.setLevel(_level(level))
+    # httpx logs every request with its full URL, which may carry credentials or tokens.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, _level(level)))

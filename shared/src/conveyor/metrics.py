@@ -30,6 +30,14 @@ PROCESSING_SECONDS = Histogram(
     buckets=LATENCY_BUCKETS,
 )
 IN_FLIGHT = Gauge("conveyor_in_flight", "Records being processed now.", ["stage"])
+RECORDS_WAITING = Gauge(
+    "conveyor_records_waiting", "Records held in the window while a dependency they need is unavailable.",
+    ["stage"],
+)
+CIRCUIT_OPEN = Gauge(
+    "conveyor_circuit_open", "1 while the circuit breaker of a dependency is open (the dependency is down).",
+    ["dependency"],
+)
 CONSUMER_LAG = Gauge(
     "conveyor_consumer_lag",
     "Exact lag: log end offset minus committed offset.",
@@ -57,7 +65,9 @@ LLM_LATENCY = Histogram(
 )
 LLM_TOKENS = Counter("conveyor_llm_tokens_total", "Tokens reported by the LLM.", ["kind"])
 LLM_RATE_LIMITED = Counter("conveyor_llm_rate_limited_total", "429 answers from the LLM.")
-LLM_CIRCUIT_OPEN = Gauge("conveyor_llm_circuit_open", "1 while the LLM circuit breaker is open.")
+LLM_CONCURRENCY_LIMIT = Gauge(
+    "conveyor_llm_concurrency_limit", "Calls an LLM endpoint is given at once, as learned from its 429s.", ["endpoint"]
+)
 
 # --- Notifier ----------------------------------------------------------------------------------
 JOBS_COMPLETED = Counter("conveyor_jobs_completed_total", "Jobs that reached completed.")

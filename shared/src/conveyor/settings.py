@@ -10,10 +10,10 @@ import os
 import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, NonNegativeFloat, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_HOME = Path(".conveyor")
 
@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     )
     retry_base_seconds: float = Field(0.5, gt=0, description="First retry backoff (doubles, jittered).")
     retry_max_seconds: float = Field(30.0, gt=0, description="Backoff ceiling.")
+    circuit_failures: int = Field(
+        16, ge=1, description="Consecutive failures of a dependency (LLM endpoint, webhook host) that open its circuit breaker."
+    )
+    circuit_probe_seconds: float = Field(1.0, gt=0, description="First probe of an open circuit after this; the interval doubles.")
+    circuit_probe_max_seconds: float = Field(30.0, gt=0, description="Longest interval between probes of an open circuit.")
     session_timeout_ms: int = Field(10_000, ge=1000, description="Consumer group session timeout.")
 
     # --- Parsing untrusted documents (extractor) -------------------------------------------------
@@ -99,19 +104,24 @@ class Settings(BaseSettings):
     openai_api_key: SecretStr = Field(SecretStr("not-needed"), description="API key for the LLM endpoint (secret).")
     openai_model: str = Field("gpt-4o-mini", description="Model name sent to the LLM endpoint.")
     openai_timeout_seconds: float = Field(30.0, gt=0, description="Per-request LLM timeout.")
-    openai_max_retries: int = Field(4, ge=0, description="LLM client retries (429/5xx/timeouts, honours Retry-After).")
-    openai_max_concurrency: int = Field(8, ge=1, description="LLM calls in flight per summarizer process.")
-    openai_circuit_failures: int = Field(
-        16, ge=1, description="Consecutive LLM failures that open the circuit breaker."
+    openai_fallback_base_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated OpenAI-compatible base URLs tried in order while the ones before are down."
     )
-    openai_circuit_open_seconds: float = Field(
-        5.0, gt=0, description="How long the open circuit fails fast; keep it below the retry budget."
+    openai_fallback_model: str | None = Field(None, description="Model name for the fallback endpoints; empty = CONVEYOR_OPENAI_MODEL.")
+    openai_max_concurrency: int = Field(8, ge=1, description="Most LLM calls in flight per endpoint and process; 429s lower it, successes grow it back.")
+    openai_requests_per_minute: float | None = Field(None, gt=0, description="Requests-per-minute budget per endpoint and process; empty = none.")
+    openai_tokens_per_minute: float | None = Field(
+        None, gt=0, description="Tokens-per-minute budget per endpoint and process (prompt estimated at 4 characters a token); empty = none."
     )
     openai_max_input_chars: int = Field(24_000, ge=1000, description="Longer texts are truncated before the LLM call.")
 
     # --- Notifier ----------------------------------------------------------------------------
     webhook_secret: SecretStr = Field(SecretStr("change-me"), description="HMAC-SHA256 key for webhook signatures (secret).")
     webhook_timeout_seconds: float = Field(10.0, gt=0, description="Per-attempt webhook timeout.")
+    webhook_retry_schedule: Annotated[list[NonNegativeFloat], NoDecode] = Field(
+        default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 36000],
+        description="Seconds between a failed webhook and each retry, comma separated (about 27 h in all by default).",
+    )
     webhook_allow_private: bool = Field(
         False, description="Allow callbacks to loopback/private/link-local addresses."
     )
@@ -125,6 +135,11 @@ class Settings(BaseSettings):
     lag_interval_seconds: float = Field(
         15.0, ge=0, description="How often the gateway exports exact consumer lag; 0 = off."
     )
+
+    @field_validator("openai_fallback_base_urls", "webhook_retry_schedule", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
 
     def resolved_parse_processes(self) -> int:
         return self.parse_processes or os.cpu_count() or 1

@@ -12,6 +12,12 @@ Each attempt is counted in the job store before the handler runs, so a record th
 worker is dead-lettered after `max_attempts` instead of being retried forever. Every attempt has a
 deadline. Retries wait outside the handler slots; producing an output retries on its own, so a
 broker error never re-runs a handler that already succeeded.
+
+An outage is not the record's fault. A handler whose dependency is unavailable raises
+`DependencyUnavailable` (its circuit breaker does): the record gives back the attempt, shows as
+waiting for that dependency, and waits in the window, holding no handler slot, until the breaker
+admits a call again; it is never dead-lettered for it. When a stage says a dependency that every
+record needs is down (`Stage.blocked`), the worker also stops fetching: the log holds the work.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from conveyor import metrics, tracing
+from conveyor.breakers import DependencyUnavailable
 from conveyor.errors import PermanentError
 from conveyor.events import Event, EventDecodeError
 from conveyor.kafka.backoff import backoff_delay
@@ -57,6 +64,8 @@ class Stage:
     handler: Handler
     # Skip records whose stage is already done, for stages with outside effects (webhooks, LLM spend).
     skip_done: bool = False
+    # Names the dependency every record of the stage needs while it is down (None: nothing is).
+    blocked: Callable[[], str | None] | None = None
 
 
 class WorkerDied(Exception):
@@ -94,6 +103,7 @@ class _StageMetrics:
         self.skipped = metrics.EVENTS_SKIPPED.labels(stage)
         self.processing = metrics.PROCESSING_SECONDS.labels(stage)
         self.in_flight = metrics.IN_FLIGHT.labels(stage)
+        self.waiting = metrics.RECORDS_WAITING.labels(stage)
         self._produced: dict[str, Any] = {}
 
     def produced(self, topic: str) -> Any:
@@ -139,6 +149,7 @@ class StageWorker:
         # the first copy's outcome instead of racing it.
         self._job_locks: dict[bytes, tuple[asyncio.Lock, int]] = {}
         self._metrics = _StageMetrics(stage.name)
+        self._blocked_by: str | None = None
 
     # ------------------------------------------------------------------------- lifecycle
 
@@ -186,7 +197,7 @@ class StageWorker:
 
     async def _fetch_once(self) -> None:
         room = self.settings.max_in_flight - self._in_flight
-        self._apply_backpressure(full=room <= 0)
+        self._apply_backpressure(full=room <= 0 or self._blocked())
         batches = await self._consumer.getmany(timeout_ms=FETCH_TIMEOUT_MS,
                                                max_records=max(1, min(room, self.settings.batch_size)))
         self.last_poll, self.ready = time.monotonic(), True
@@ -200,6 +211,17 @@ class StageWorker:
             for record in records:
                 offsets.track(record.offset)
                 self._start(tp, offsets, record)
+
+    def _blocked(self) -> bool:
+        """True while a dependency every record needs is down; logged once per outage."""
+        blocked_by = self.stage.blocked() if self.stage.blocked else None
+        if blocked_by != self._blocked_by:
+            if blocked_by:
+                log.warning("%s: %s is unavailable; fetching paused, the log holds the work", self.stage.name, blocked_by)
+            else:
+                log.info("%s: fetching resumed", self.stage.name)
+            self._blocked_by = blocked_by
+        return blocked_by is not None
 
     def _apply_backpressure(self, *, full: bool) -> None:
         """Pause every partition while the window is full; the log holds the rest."""
@@ -297,19 +319,23 @@ class StageWorker:
         for tp, position in offsets.items():
             self._partitions[tp].committed(position.offset)
 
-    async def _wait(self, delay: float) -> None:
-        """Sleep outside any handler slot; shutdown ends the wait and abandons the record."""
+    async def _wait(self, until: float | Awaitable[None]) -> None:
+        """Wait outside any handler slot, for `until` seconds or until it completes; shutdown ends
+        the wait and abandons the record, and a revocation cancels it."""
         task = asyncio.current_task()
         if task:
             self._waiting.add(task)
+        waited = asyncio.ensure_future(asyncio.sleep(until) if isinstance(until, (int, float)) else until)
+        stopping = asyncio.ensure_future(self._stopping.wait())
         try:
-            await asyncio.wait_for(self._stopping.wait(), timeout=delay)
-        except asyncio.TimeoutError:
-            return
+            await asyncio.wait({waited, stopping}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            waited.cancel()
+            stopping.cancel()
             if task:
                 self._waiting.discard(task)
-        raise _Abandoned()
+        if self._stopping.is_set():
+            raise _Abandoned()
 
     @asynccontextmanager
     async def _one_at_a_time(self, key: bytes | None) -> AsyncIterator[None]:
@@ -379,6 +405,7 @@ class StageWorker:
     async def _attempts(self, event: Event, record: ConsumerRecord, attempt: int) -> None:
         stage, settings = self.stage.name, self.settings
         counted = True  # the first attempt was counted by the claim
+        outages = 0
         while True:
             if not counted:
                 # Counted before the handler runs: a worker that dies in it still used the attempt.
@@ -386,25 +413,53 @@ class StageWorker:
             counted = False
             try:
                 output = await self._run_handler(event.model_copy(update={"attempt": attempt}))
-            except Exception as exc:  # noqa: BLE001 - every failure is classified below
-                self._metrics.failed(type(exc).__name__)
-                if isinstance(exc, PermanentError) or attempt >= settings.max_attempts:
-                    log.warning("%s: job %s failed after %d attempt(s): %s", stage, event.job_id, attempt, exc)
-                    await self._dead_letter(record, job_id=event.job_id, error=exc, attempts=attempt)
-                    await self.store.update_stage(event.job_id, stage, StageState.failed,
-                                                  attempts=attempt, error=f"{type(exc).__name__}: {exc}")
+            except DependencyUnavailable as exc:
+                if not exc.charge:
+                    outages += 1
+                    await self._wait_out(event, attempt, exc, outages)
+                    continue  # the same attempt again: the outage did not use it
+                if await self._failed(event, record, attempt, exc):
                     return
-                delay = backoff_delay(attempt, base=settings.retry_base_seconds, cap=settings.retry_max_seconds)
-                log.info("%s: job %s attempt %d failed (%s); retrying in %.2fs", stage, event.job_id,
-                         attempt, exc, delay)
-                self._metrics.retried.inc()
-                await self._wait(delay)
-                attempt += 1
-                continue
-            if output is not None:
-                await self._send(input_topic(output.stage, settings.topic_prefix), output)
-            await self.store.update_stage(event.job_id, stage, StageState.done, attempts=attempt)
-            return
+            except Exception as exc:  # noqa: BLE001 - every failure is classified in _failed
+                if await self._failed(event, record, attempt, exc):
+                    return
+            else:
+                if output is not None:
+                    await self._send(input_topic(output.stage, settings.topic_prefix), output)
+                await self.store.update_stage(event.job_id, stage, StageState.done, attempts=attempt)
+                return
+            attempt += 1
+
+    async def _failed(self, event: Event, record: ConsumerRecord, attempt: int, exc: Exception) -> bool:
+        """A charged failure: dead-letter the record (True) or wait out its retry backoff (False)."""
+        stage, settings = self.stage.name, self.settings
+        self._metrics.failed(type(exc).__name__)
+        if isinstance(exc, PermanentError) or attempt >= settings.max_attempts:
+            log.warning("%s: job %s failed after %d attempt(s): %s", stage, event.job_id, attempt, exc)
+            await self._dead_letter(record, job_id=event.job_id, error=exc, attempts=attempt)
+            await self.store.update_stage(event.job_id, stage, StageState.failed,
+                                          attempts=attempt, error=f"{type(exc).__name__}: {exc}")
+            return True
+        delay = backoff_delay(attempt, base=settings.retry_base_seconds, cap=settings.retry_max_seconds)
+        log.info("%s: job %s attempt %d failed (%s); retrying in %.2fs", stage, event.job_id, attempt, exc, delay)
+        self._metrics.retried.inc()
+        await self._wait(delay)
+        return False
+
+    async def _wait_out(self, event: Event, attempt: int, outage: DependencyUnavailable, outages: int) -> None:
+        """Give the attempt back, show the job waiting for the dependency, and wait (holding no
+        handler slot) for a backoff, or the server's Retry-After, and until its breaker admits a call."""
+        log.debug("%s: job %s waits for %s (%s)", self.stage.name, event.job_id, outage.dependency, outage)
+        await self.store.update_stage(event.job_id, self.stage.name, StageState.waiting, attempts=attempt - 1,
+                                      error=str(outage)[:500], waiting_for=outage.dependency)
+        self._metrics.waiting.inc()
+        try:
+            delay = outage.retry_after if outage.retry_after is not None else backoff_delay(
+                outages, base=self.settings.retry_base_seconds, cap=self.settings.retry_max_seconds)
+            await self._wait(delay)
+            await self._wait(outage.wait())
+        finally:
+            self._metrics.waiting.dec()
 
     async def _run_handler(self, event: Event) -> Event | None:
         timeout = self.settings.stage_timeout_seconds

@@ -1,16 +1,22 @@
 """The job status store interface. SQLite is the default backend, Redis the multi-replica one.
 
-Writes are idempotent: a redelivered event sets the same state again. `mark_notified` is the
-one-time claim that keeps a redelivered notification from firing a second webhook.
+Writes are idempotent: a redelivered event sets the same state again. `mark_notified` records the
+job's webhook as delivered, so a redelivered notification does not fire it again.
+
+The store also holds the webhook retry schedule: which jobs have a delivery waiting, and when its
+next attempt is due. Workers claim due deliveries with a lease, so several notifier replicas never
+send the same one at once, and one that dies mid-send leaves it to be claimed again.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field
 
@@ -20,6 +26,7 @@ from conveyor.events import utcnow
 class JobState(str, Enum):
     queued = "queued"
     running = "running"
+    waiting = "waiting"  # held by an outage of a dependency; resumes on its own
     completed = "completed"
     failed = "failed"
 
@@ -27,6 +34,7 @@ class JobState(str, Enum):
 class StageState(str, Enum):
     pending = "pending"
     running = "running"
+    waiting = "waiting"
     done = "done"
     failed = "failed"
 
@@ -36,6 +44,34 @@ class StageProgress(BaseModel):
     attempts: int = 0
     error: str | None = None
     updated_at: datetime | None = None
+    waiting_for: str | None = Field(None, description="The unavailable dependency this stage waits for.")
+    waiting_since: datetime | None = None
+
+
+class DeliveryState(str, Enum):
+    waiting = "waiting"  # a retry is scheduled
+    delivered = "delivered"
+    failed = "failed"  # the retry schedule is exhausted, or the receiver refused it (4xx)
+
+
+def delivery_host(url: str) -> str:
+    """`host:port` of a callback URL: what the schedule groups deliveries by, and what a webhook
+    breaker guards (never the whole URL, which may carry credentials)."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}"
+
+
+class Delivery(BaseModel):
+    """The job's webhook delivery, once its first attempt has not succeeded (or a re-send)."""
+
+    state: DeliveryState
+    webhook_id: str
+    attempts: int = Field(0, description="POSTs made.")
+    slot: int = Field(0, description="Position in the retry schedule.")
+    last_status: int | None = Field(None, description="HTTP status of the last answer; None: no answer.")
+    last_error: str | None = None
+    next_attempt_at: datetime | None = None
+    updated_at: datetime = Field(default_factory=utcnow)
 
 
 class JobRecord(BaseModel):
@@ -49,7 +85,15 @@ class JobRecord(BaseModel):
     error: str | None = None
     callback_url: str | None = None
     notified_at: datetime | None = None
+    delivery: Delivery | None = None
     meta: dict[str, Any] = Field(default_factory=dict)
+
+    def redrivable(self) -> bool:
+        """Something can still re-drive this job (a dead letter, a waiting delivery): its record
+        and blobs must outlive any retention of finished jobs."""
+        if self.delivery is not None and self.delivery.state == DeliveryState.waiting:
+            return True
+        return any(progress.state in (StageState.failed, StageState.waiting) for progress in self.stages.values())
 
 
 @dataclass(frozen=True)
@@ -82,17 +126,57 @@ class JobStore(abc.ABC):
     async def get(self, job_id: str) -> JobRecord | None: ...
 
     @abc.abstractmethod
+    async def transform(self, job_id: str, change: Callable[[JobRecord], JobRecord | None]) -> bool:
+        """Read-modify-write one record atomically against every other writer; `change` returns the
+        new record, or None (or the same object) to write nothing. False when the job is unknown."""
+
     async def update_stage(
-        self, job_id: str, stage: str, state: StageState, *, attempts: int = 0, error: str | None = None
+        self, job_id: str, stage: str, state: StageState, *, attempts: int = 0, error: str | None = None,
+        waiting_for: str | None = None,
     ) -> None:
-        """Record a stage's progress; marks the job running (or failed when the stage failed)."""
+        """Record a stage's progress; marks the job running, waiting, or failed when the stage failed.
+        `waiting` sets the attempt count as given: the attempt an outage interrupted is given back."""
+        from conveyor.stores import records
 
-    @abc.abstractmethod
-    async def complete(self, job_id: str, *, summary: str, meta: dict[str, Any] | None = None) -> None: ...
+        await self.transform(job_id, lambda r: records.with_stage(r, stage, state, attempts=attempts, error=error,
+                                                                  waiting_for=waiting_for))
 
-    @abc.abstractmethod
+    async def complete(self, job_id: str, *, summary: str, meta: dict[str, Any] | None = None) -> None:
+        from conveyor.stores import records
+
+        await self.transform(job_id, lambda r: records.completed(r, summary=summary, meta=meta))
+
     async def mark_notified(self, job_id: str) -> bool:
-        """Claim the job's one notification; False when it was already claimed."""
+        """Record the job's webhook as delivered; False when it already was (or the job is unknown)."""
+        from conveyor.stores import records
+
+        return await self.transform(job_id, lambda r: None if r.notified_at else records.notified(r))
+
+    async def set_delivery(self, job_id: str, delivery: Delivery) -> bool:
+        return await self.transform(job_id, lambda r: r.model_copy(update={"delivery": delivery}))
+
+    # --- the webhook retry schedule --------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def schedule_delivery(self, job_id: str, *, host: str, due: float) -> None:
+        """Put (or move) the job's delivery on the schedule; `due` is a Unix time."""
+
+    @abc.abstractmethod
+    async def unschedule_delivery(self, job_id: str) -> None: ...
+
+    @abc.abstractmethod
+    async def delivery_hosts(self) -> list[str]:
+        """Hosts with deliveries on the schedule."""
+
+    @abc.abstractmethod
+    async def claim_due_deliveries(self, now: float, *, limit: int, lease_seconds: float) -> list[str]:
+        """Up to `limit` jobs whose delivery is due, each leased (moved `lease_seconds` ahead) so
+        no other worker takes it meanwhile."""
+
+    @abc.abstractmethod
+    async def claim_host_deliveries(self, host: str, now: float, *, limit: int, lease_seconds: float) -> list[str]:
+        """Up to `limit` of one host's scheduled deliveries whatever their due time (to probe the
+        host, or to release what waited once it is back), leased the same way."""
 
     @abc.abstractmethod
     async def ping(self) -> bool: ...

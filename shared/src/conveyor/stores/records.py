@@ -8,22 +8,29 @@ from conveyor.events import utcnow
 from conveyor.stores.base import Claim, JobRecord, JobState, StageProgress, StageState
 
 
-def with_stage(record: JobRecord, stage: str, state: StageState, *, attempts: int, error: str | None) -> JobRecord:
+def with_stage(record: JobRecord, stage: str, state: StageState, *, attempts: int, error: str | None,
+               waiting_for: str | None = None) -> JobRecord:
     """The record after a stage reports progress. Finished jobs stay finished (redeliveries)."""
     now = utcnow()
     current = record.stages.get(stage, StageProgress())
     if current.state == StageState.done and state != StageState.done:
         return record  # a redelivered event must not move a finished stage backwards
     stages = dict(record.stages)
-    # A replayed dead letter starts counting its attempts afresh; otherwise the count only grows.
-    restarted = current.state == StageState.failed and state == StageState.running
-    stages[stage] = StageProgress(state=state, attempts=attempts if restarted else max(attempts, current.attempts),
-                                  error=error, updated_at=now)
+    # A replayed dead letter starts counting its attempts afresh, and a wait for a dependency gives
+    # back the attempt the outage interrupted; otherwise the count only grows.
+    exact = state == StageState.waiting or (current.state == StageState.failed and state == StageState.running)
+    waiting = state == StageState.waiting
+    since = (current.waiting_since if current.state == StageState.waiting else None) or now
+    stages[stage] = StageProgress(state=state, attempts=attempts if exact else max(attempts, current.attempts),
+                                  error=error, updated_at=now, waiting_for=waiting_for if waiting else None,
+                                  waiting_since=since if waiting else None)
     job_state = record.state
     if state == StageState.failed:
         job_state, error_text = JobState.failed, f"{stage}: {error}"
-    elif job_state in (JobState.queued, JobState.failed):
-        # A replayed dead letter brings a failed job back to life.
+    elif waiting and job_state != JobState.completed:
+        job_state, error_text = JobState.waiting, None
+    elif job_state in (JobState.queued, JobState.failed, JobState.waiting):
+        # A replayed dead letter brings a failed job back to life; an outage's end, a waiting one.
         job_state, error_text = JobState.running, None
     else:
         error_text = record.error

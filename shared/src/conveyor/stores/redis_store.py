@@ -9,7 +9,11 @@ Each job is one hash under `<prefix><job_id>`:
   Lua script that also refuses to claim a job that does not exist.
 
 With `ttl_seconds`, every write (re)sets the key's expiry, so a job disappears that long after its
-last change.
+last change, unless something can still re-drive it (a dead letter, a waiting delivery): such a
+job has no expiry until it is finished.
+
+The webhook retry schedule is a sorted set `<prefix>deliveries` (job id by due time) and one per
+host, `<prefix>deliveries:<host>`; claims run as Lua scripts, so they are atomic.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from redis.exceptions import WatchError
 from conveyor.errors import TransientError
 from conveyor.events import utcnow
 from conveyor.stores import records
-from conveyor.stores.base import JobRecord, JobStore, StageState
+from conveyor.stores.base import JobRecord, JobStore
 
 DEFAULT_PREFIX = "conveyor:job:"
 MAX_CONNECTIONS = 64
@@ -44,6 +48,18 @@ if claimed == 1 and tonumber(ARGV[2]) > 0 then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
 end
 return claimed
+"""
+
+
+# KEYS[1] = schedule, KEYS[2] = host schedule or ""; ARGV = now, limit, lease, min score, max score.
+_CLAIM_DELIVERIES = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2] ~= '' and KEYS[2] or KEYS[1], ARGV[4], ARGV[5], 'LIMIT', 0, ARGV[2])
+local leased = tonumber(ARGV[1]) + tonumber(ARGV[3])
+for _, id in ipairs(ids) do
+  redis.call('ZADD', KEYS[1], 'XX', leased, id)
+  if KEYS[2] ~= '' then redis.call('ZADD', KEYS[2], 'XX', leased, id) end
+end
+return ids
 """
 
 
@@ -76,6 +92,9 @@ class RedisJobStore(JobStore):
         self._redis: Redis = client or Redis(connection_pool=BlockingConnectionPool.from_url(
             url, decode_responses=True, max_connections=MAX_CONNECTIONS, timeout=POOL_TIMEOUT_SECONDS))
         self._claim = self._redis.register_script(_CLAIM_NOTIFICATION)
+        self._claim_deliveries = self._redis.register_script(_CLAIM_DELIVERIES)
+        self._schedule = f"{prefix}deliveries"
+        self._hosts = f"{prefix}delivery-host:"  # job id -> host, to unschedule from the host's set
 
     def key(self, job_id: str) -> str:
         return f"{self.prefix}{job_id}"
@@ -95,16 +114,6 @@ class RedisJobStore(JobStore):
         fields = await self._redis.hgetall(self.key(job_id))
         return _load(fields)
 
-    async def update_stage(
-        self, job_id: str, stage: str, state: StageState, *, attempts: int = 0, error: str | None = None
-    ) -> None:
-        await self._transform(
-            job_id, lambda r: records.with_stage(r, stage, state, attempts=attempts, error=error)
-        )
-
-    async def complete(self, job_id: str, *, summary: str, meta: dict[str, Any] | None = None) -> None:
-        await self._transform(job_id, lambda r: records.completed(r, summary=summary, meta=meta))
-
     async def mark_notified(self, job_id: str) -> bool:
         """Claim the job's one notification: True for the first caller only, False for unknown jobs."""
         claimed = await self._claim(
@@ -112,13 +121,49 @@ class RedisJobStore(JobStore):
         )
         return bool(int(claimed))
 
+    async def schedule_delivery(self, job_id: str, *, host: str, due: float) -> None:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(self._schedule, {job_id: due})
+            pipe.zadd(self._host_schedule(host), {job_id: due})
+            pipe.sadd(f"{self._schedule}-hosts", host)
+            pipe.set(f"{self._hosts}{job_id}", host)
+            await pipe.execute()
+
+    async def unschedule_delivery(self, job_id: str) -> None:
+        host = await self._redis.get(f"{self._hosts}{job_id}")
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self._schedule, job_id)
+            if host is not None:
+                pipe.zrem(self._host_schedule(host), job_id)
+            pipe.delete(f"{self._hosts}{job_id}")
+            await pipe.execute()
+
+    async def delivery_hosts(self) -> list[str]:
+        hosts = sorted(await self._redis.smembers(f"{self._schedule}-hosts"))
+        sizes = [await self._redis.zcard(self._host_schedule(host)) for host in hosts]
+        empty = [host for host, size in zip(hosts, sizes) if not size]
+        if empty:
+            await self._redis.srem(f"{self._schedule}-hosts", *empty)
+        return [host for host, size in zip(hosts, sizes) if size]
+
+    async def claim_due_deliveries(self, now: float, *, limit: int, lease_seconds: float) -> list[str]:
+        return list(await self._claim_deliveries(keys=[self._schedule, ""],
+                                                 args=[now, limit, lease_seconds, "-inf", now]))
+
+    async def claim_host_deliveries(self, host: str, now: float, *, limit: int, lease_seconds: float) -> list[str]:
+        return list(await self._claim_deliveries(keys=[self._schedule, self._host_schedule(host)],
+                                                 args=[now, limit, lease_seconds, "-inf", "+inf"]))
+
+    def _host_schedule(self, host: str) -> str:
+        return f"{self._schedule}:{host}"
+
     async def ping(self) -> bool:
         return bool(await self._redis.ping())
 
     async def close(self) -> None:
         await self._redis.aclose()
 
-    async def _transform(self, job_id: str, change: Callable[[JobRecord], JobRecord]) -> bool:
+    async def transform(self, job_id: str, change: Callable[[JobRecord], JobRecord | None]) -> bool:
         """Read-modify-write the record under WATCH; retried when another writer got in between.
 
         Returns False when the job does not exist (nothing is written then).
@@ -134,12 +179,14 @@ class RedisJobStore(JobStore):
                         await pipe.unwatch()
                         return False
                     updated = change(current)
-                    if updated is current:  # nothing changes (e.g. a redelivery to a finished stage)
+                    if updated is None or updated is current:  # nothing changes (e.g. a redelivery)
                         await pipe.unwatch()
-                        return True
+                        return updated is not None
                     pipe.multi()
                     pipe.hset(key, RECORD_FIELD, _dump(updated))
-                    if self.ttl_seconds:
+                    if updated.redrivable():
+                        pipe.persist(key)
+                    elif self.ttl_seconds:
                         pipe.expire(key, self.ttl_seconds)
                     await pipe.execute()
                     return True

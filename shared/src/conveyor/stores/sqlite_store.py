@@ -16,9 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.stores import records
-from conveyor.stores.base import Claim, JobRecord, JobStore, StageState
+from conveyor.stores.base import Claim, JobRecord, JobStore
 
-_SCHEMA = "CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, record TEXT NOT NULL)"
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, record TEXT NOT NULL)",
+    # The webhook retry schedule: one row per waiting delivery, `due` a Unix time.
+    "CREATE TABLE IF NOT EXISTS deliveries (job_id TEXT PRIMARY KEY, host TEXT NOT NULL, due REAL NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (due)",
+    "CREATE INDEX IF NOT EXISTS deliveries_host ON deliveries (host, due)",
+)
 _SELECT_CHUNK = 500
 # Applied to a job's current record (None when there is none): (record to write or None, result).
 _Operation = Callable[[JobRecord | None], tuple[JobRecord | None, Any]]
@@ -66,7 +72,8 @@ class SqliteJobStore(JobStore):
         self._db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(_SCHEMA)
+        for statement in _SCHEMA:
+            self._db.execute(statement)
         self._lock = threading.Lock()
         self._pending: list[tuple[str, str, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -109,11 +116,11 @@ class SqliteJobStore(JobStore):
     async def get(self, job_id: str) -> JobRecord | None:
         return await self._grouped(job_id, lambda record: (None, record))
 
-    async def _transform(self, job_id: str, change: Callable[[JobRecord], JobRecord | None]) -> bool:
+    async def transform(self, job_id: str, change: Callable[[JobRecord], JobRecord | None]) -> bool:
         """Read-modify-write inside an immediate transaction, so concurrent processes never interleave."""
         def operation(record: JobRecord | None) -> tuple[JobRecord | None, bool]:
             updated = change(record) if record is not None else None
-            return updated, updated is not None
+            return (None if updated is record else updated), updated is not None
 
         return await self._grouped(job_id, operation)
 
@@ -147,15 +154,39 @@ class SqliteJobStore(JobStore):
         return await self._grouped(job_id, lambda record: records.claim(record, stage, max_attempts=max_attempts,
                                                                          skip_done=skip_done))
 
-    async def update_stage(self, job_id: str, stage: str, state: StageState, *, attempts: int = 0,
-                           error: str | None = None) -> None:
-        await self._transform(job_id, lambda r: records.with_stage(r, stage, state, attempts=attempts, error=error))
+    async def schedule_delivery(self, job_id: str, *, host: str, due: float) -> None:
+        await self._run(lambda db: db.execute("INSERT OR REPLACE INTO deliveries VALUES (?, ?, ?)", (job_id, host, due)))
 
-    async def complete(self, job_id: str, *, summary: str, meta: dict[str, Any] | None = None) -> None:
-        await self._transform(job_id, lambda r: records.completed(r, summary=summary, meta=meta))
+    async def unschedule_delivery(self, job_id: str) -> None:
+        await self._run(lambda db: db.execute("DELETE FROM deliveries WHERE job_id = ?", (job_id,)))
 
-    async def mark_notified(self, job_id: str) -> bool:
-        return await self._transform(job_id, lambda r: None if r.notified_at else records.notified(r))
+    async def delivery_hosts(self) -> list[str]:
+        return await self._run(lambda db: [row[0] for row in db.execute("SELECT DISTINCT host FROM deliveries")])
+
+    async def claim_due_deliveries(self, now: float, *, limit: int, lease_seconds: float) -> list[str]:
+        return await self._claim_deliveries("due <= ?", (now,), now, limit=limit, lease_seconds=lease_seconds)
+
+    async def claim_host_deliveries(self, host: str, now: float, *, limit: int, lease_seconds: float) -> list[str]:
+        # Leased ones are included: a notifier skips what it is sending itself, and across replicas
+        # a release may send one twice, with the same webhook-id for receivers to drop.
+        return await self._claim_deliveries("host = ?", (host,), now, limit=limit, lease_seconds=lease_seconds)
+
+    async def _claim_deliveries(self, where: str, args: tuple[Any, ...], now: float, *, limit: int,
+                                lease_seconds: float) -> list[str]:
+        def claim(db: sqlite3.Connection) -> list[str]:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                ids = [row[0] for row in db.execute(
+                    f"SELECT job_id FROM deliveries WHERE {where} ORDER BY due LIMIT ?", (*args, limit))]
+                db.executemany("UPDATE deliveries SET due = ? WHERE job_id = ?",
+                               [(now + lease_seconds, job_id) for job_id in ids])
+                db.execute("COMMIT")
+                return ids
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+        return await self._run(claim)
 
     async def ping(self) -> bool:
         await self._run(lambda db: db.execute("SELECT 1").fetchone())

@@ -1,4 +1,4 @@
-"""`conveyor submit` and `conveyor status`: talk to a running gateway over HTTP."""
+"""`conveyor submit`, `status` and `redeliver`: talk to a running gateway over HTTP."""
 
 from __future__ import annotations
 
@@ -15,11 +15,13 @@ TERMINAL = {"completed", "failed"}
 
 
 def run(args: argparse.Namespace) -> int:
-    """`submit` or `status`; a gateway that cannot be reached is one line that says what to do."""
+    """`submit`, `status` or `redeliver`; a gateway that cannot be reached is one line that says what to do."""
     try:
         if args.command == "submit":
             return submit(args.url, args.source, user_id=args.user, callback_url=args.callback_url,
                           wait=args.wait, timeout=args.timeout)
+        if args.command == "redeliver":
+            return redeliver(args.url, args.job_id)
         return status(args.url, args.job_id)
     except httpx.TimeoutException:
         print(f"conveyor: the gateway at {args.url} did not answer in time; try again, or see its log",
@@ -65,6 +67,9 @@ def _wait_for(client: httpx.Client, job_id: str, timeout: float) -> int:
         progress = ", ".join(f"{name}={s['state']}" for name, s in job["stages"].items())
         if progress != last:
             print(f"  {job['status']}: {progress or 'queued'}", file=sys.stderr)
+            if job.get("waiting_for"):
+                print(f"  waiting for {job['waiting_for']} (unavailable since {job['waiting_since']}); "
+                      "it resumes on its own", file=sys.stderr)
             last = progress
         if job["status"] in TERMINAL:
             if job["status"] == "completed":
@@ -83,4 +88,13 @@ def status(url: str, job_id: str) -> int:
         print(f"no job {job_id}", file=sys.stderr)
         return 1
     print(json.dumps(response.json(), indent=2))
+    return 0
+
+
+def redeliver(url: str, job_id: str) -> int:
+    response = httpx.post(f"{url}/jobs/{job_id}/redeliver", timeout=30)
+    if response.status_code != 202:
+        print(f"conveyor: {response.json().get('detail', response.text)}", file=sys.stderr)
+        return 1
+    print(f"webhook of job {job_id} scheduled to be sent again now")
     return 0

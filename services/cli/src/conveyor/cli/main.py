@@ -63,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("job_id")
     status.add_argument("--url", default=None, help="gateway URL (as for submit)")
 
+    redeliver = sub.add_parser("redeliver", help="send a completed job's webhook again, now (same webhook-id)")
+    redeliver.add_argument("job_id")
+    redeliver.add_argument("--url", default=None, help="gateway URL (as for submit)")
+
     topics = sub.add_parser("topics", help="list the pipeline's topics and partitions")
     topics.add_argument("--create", action="store_true", help="create missing topics first")
 
@@ -84,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in ("submit", "status"):
+    if args.command in ("submit", "status", "redeliver"):
         from conveyor.cli import client_commands
 
         args.url = args.url or default_gateway_url()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,7 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from conveyor import metrics, tracing
-from conveyor.events import Event, Payload
+from conveyor.events import Event, Payload, utcnow
 from conveyor.gateway.lag_exporter import export_lag_forever
 from conveyor.gateway.limits import BodyLimitMiddleware
 from conveyor.gateway.models import Accepted, JobView, SubmitRequest
@@ -24,7 +25,7 @@ from conveyor.kafka.admin import ensure_topics
 from conveyor.kafka.clients import make_producer
 from conveyor.settings import Settings, get_settings
 from conveyor.stores import open_blob_store, open_job_store
-from conveyor.stores.base import JobRecord, JobState
+from conveyor.stores.base import Delivery, DeliveryState, JobRecord, JobState, delivery_host
 from conveyor.stores.blobs import BlobTooLarge
 from conveyor.topics import all_topics, input_topic
 
@@ -147,7 +148,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         record = await request.app.state.store.get(job_id)
         if record is None:
             raise HTTPException(404, f"no job {job_id}")
-        return JobView(status=record.state, **record.model_dump(exclude={"state", "callback_url"}))
+        return _view(record)
+
+    @app.post("/jobs/{job_id}/redeliver", response_model=JobView, status_code=202,
+              summary="Send a completed job's webhook again, now")
+    async def redeliver(job_id: str, request: Request) -> JobView:
+        store = request.app.state.store
+        record = await store.get(job_id)
+        if record is None:
+            raise HTTPException(404, f"no job {job_id}")
+        if not record.callback_url:
+            raise HTTPException(409, f"job {job_id} has no callback_url")
+        if record.state != JobState.completed:
+            raise HTTPException(409, f"job {job_id} is {record.state.value}; only a completed job's webhook is re-sent")
+        previous = record.delivery
+        # Slot -1: the schedule starts over after this attempt; the webhook-id stays the job's.
+        delivery = Delivery(state=DeliveryState.waiting, webhook_id=job_id, slot=-1,
+                            attempts=previous.attempts if previous else 0, next_attempt_at=utcnow(),
+                            last_status=previous.last_status if previous else None)
+        await store.set_delivery(job_id, delivery)
+        await store.schedule_delivery(job_id, host=delivery_host(record.callback_url), due=time.time())
+        return _view(record.model_copy(update={"delivery": delivery}))
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, str]:
@@ -166,6 +187,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _view(record: JobRecord) -> JobView:
+    waiting = next((progress for progress in record.stages.values() if progress.waiting_for), None)
+    return JobView(status=record.state, waiting_for=waiting.waiting_for if waiting else None,
+                   waiting_since=waiting.waiting_since if waiting else None,
+                   **record.model_dump(exclude={"state", "callback_url"}))
 
 
 def _new_event(user_id: str, payload: Payload, callback_url: object, **meta: object) -> Event:

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
-from conveyor.stores.base import JobState, StageProgress
+from conveyor.stores.base import Delivery, JobState, StageProgress
 
 
 class SubmitRequest(BaseModel):
@@ -34,4 +34,7 @@ class JobView(BaseModel):
     summary: str | None = None
     error: str | None = None
     notified_at: datetime | None = None
+    waiting_for: str | None = Field(None, description="While waiting: the unavailable dependency it waits for.")
+    waiting_since: datetime | None = None
+    delivery: Delivery | None = Field(None, description="The webhook's delivery, once its first attempt failed.")
     meta: dict[str, Any] = Field(default_factory=dict)

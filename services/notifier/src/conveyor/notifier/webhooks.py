@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import socket
 from datetime import datetime, timezone
 from urllib.parse import urlsplit
@@ -19,6 +20,30 @@ from standardwebhooks import Webhook
 
 from conveyor import metrics
 from conveyor.errors import PermanentError, TransientError
+from conveyor.stores.base import JobRecord
+
+
+class Refused(PermanentError):
+    """The receiver answered 4xx (other than 408 and 429): it will not take this delivery."""
+
+    def __init__(self, message: str, *, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Unanswered(TransientError):
+    """No 2xx: refused connection, timeout, 408, 429 or 5xx (`status` None when nothing answered)."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def result_body(record: JobRecord) -> bytes:
+    return json.dumps({
+        "job_id": record.job_id, "user_id": record.user_id, "status": "completed",
+        "summary": record.summary, "meta": record.meta,
+    }).encode()
 
 
 def signer(secret: str) -> Webhook:
@@ -62,12 +87,18 @@ async def deliver(client: httpx.AsyncClient, url: str, body: bytes, *, webhook: 
         response = await client.post(url, content=body, headers=headers)
     except httpx.HTTPError as exc:
         metrics.WEBHOOK_DELIVERIES.labels("error").inc()
-        raise TransientError(f"webhook {url} failed: {type(exc).__name__}: {exc}") from exc
+        raise Unanswered(f"webhook to {_where(url)} failed: {type(exc).__name__}") from exc
     code = response.status_code
     if 200 <= code < 300:
         metrics.WEBHOOK_DELIVERIES.labels("delivered").inc()
         return
     metrics.WEBHOOK_DELIVERIES.labels(f"http_{code // 100}xx").inc()
     if code in (408, 429) or code >= 500:
-        raise TransientError(f"webhook {url} answered {code}")
-    raise PermanentError(f"webhook {url} answered {code}: {response.text[:200]}")
+        raise Unanswered(f"webhook to {_where(url)} answered {code}", status=code)
+    raise Refused(f"webhook to {_where(url)} answered {code}", status=code)
+
+
+def _where(url: str) -> str:
+    """Host and path of a callback URL, without credentials or query (which may hold tokens)."""
+    parts = urlsplit(url)
+    return f"{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"

@@ -162,6 +162,9 @@ def build_scaled_object(spec: PipelineSpec, stage: StageSpec, owner: Owner) -> d
             "activationLagThreshold": str(stage.activation_lag_threshold),
             "offsetResetPolicy": "earliest",  # as the workers' consumers: a new group starts at the oldest
             "allowIdleConsumers": "false",
+            # A stage waiting out an outage (circuit breaker open) holds its offsets, so its lag stands
+            # still; scaling it up would not help. KEDA leaves out partitions whose offset did not move.
+            "excludePersistentLag": "true",
         },
     }
     if spec.kafka.keda_authentication_ref:

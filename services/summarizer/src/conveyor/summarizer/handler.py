@@ -25,4 +25,4 @@ def build_stage(settings: Settings, store: JobStore, blobs: BlobStore, resources
         return event.next("notifier", payload=Payload(), summary=summary.text, meta=meta)
 
     # Skipping finished jobs on redelivery saves a second LLM call.
-    return Stage("summarizer", summarize, skip_done=True)
+    return Stage("summarizer", summarize, skip_done=True, blocked=backend.blocked)

@@ -26,6 +26,10 @@ class SummarizerBackend(abc.ABC):
     async def summarize(self, text: str, *, sentences: int) -> Summary:
         """Summarize `text`; raise TransientError to retry later, PermanentError to give up."""
 
+    def blocked(self) -> str | None:
+        """The dependency every summary needs while it is down (None: nothing is)."""
+        return None
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Release processes, connections and other resources; the backend is unusable after."""

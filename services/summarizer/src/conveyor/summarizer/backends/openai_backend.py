@@ -1,175 +1,168 @@
-"""Abstractive summaries from an OpenAI-compatible chat API (OpenAI, vLLM, Ollama...).
+"""Abstractive summaries from OpenAI-compatible chat APIs (OpenAI, vLLM, Ollama...).
 
-The SDK retries timeouts, 429 and 5xx itself (jittered backoff, honouring Retry-After). What is
-left after its retries becomes a TransientError (the pipeline retries later, then dead-letters) or,
-for requests the server rejects as invalid, a PermanentError. A circuit breaker stops calling a
-server that keeps failing, and a semaphore caps the requests in flight from this process.
+Endpoints are tried in order: the primary (CONVEYOR_OPENAI_BASE_URL), then each fallback while the
+ones before it are down. Each endpoint has its own circuit breaker and its own pace (calls in
+flight learned from 429s, optional per-minute budgets). Failures are classified: the endpoint
+failing (connection refused, timeout, 5xx) is `DependencyUnavailable`, which the stage runtime
+waits out without charging the record; a 429 is the endpoint's pace, waited out the same way; the
+request being refused (other 4xx) is a PermanentError; an unusable answer a TransientError.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx2
 import openai
 import punkt
 from openai.types.chat import ChatCompletion
 
+from conveyor.breakers import Breaker, Breakers, DependencyFailure, DependencyUnavailable, first_usable
 from conveyor.errors import PermanentError, TransientError
-from conveyor.kafka.backoff import backoff_delay
-from conveyor.metrics import LLM_CIRCUIT_OPEN, LLM_LATENCY, LLM_RATE_LIMITED, LLM_TOKENS
+from conveyor.metrics import LLM_LATENCY, LLM_TOKENS
+from conveyor.pacing import Pace
 from conveyor.settings import Settings
 
 from .base import Summary, SummarizerBackend
 
-# Calls rejected while the circuit is open still use up delivery attempts, so the open window
-# (CONVEYOR_OPENAI_CIRCUIT_OPEN_SECONDS) stays short next to the pipeline's retry budget.
 # Output budget per requested sentence: generous, since the model stops on its own when done.
 TOKENS_PER_SENTENCE = 80
+CHARACTERS_PER_TOKEN = 4  # a rough estimate, for the tokens-per-minute budget
 
 SYSTEM_PROMPT = (
     "You summarize documents. Reply with a summary of exactly {n} sentence(s) of plain prose, "
     "in the language of the document. No title, no preamble, no lists, no markdown."
 )
 
-RETRY_BASE_SECONDS = 0.5
-RETRY_CAP_SECONDS = 8.0
 RETRY_AFTER_CAP_SECONDS = 60.0
 
 # Status codes that say the server is unwell or busy, not that the request is wrong.
-_TRANSIENT_STATUS = frozenset({408, 409, 425, 429})
+_UNAVAILABLE_STATUS = frozenset({408, 409, 425})
 
 
-class CircuitBreaker:
-    """Opens after `failures` consecutive failures, rejects calls for `open_seconds`, then lets
-    one trial call through (half-open): success closes it, failure opens it again."""
-
-    def __init__(self, failures: int, open_seconds: float) -> None:
-        self.failures = failures
-        self.open_seconds = open_seconds
-        self._consecutive = 0
-        self._opened_at: float | None = None
-        self._probing = False
-
-    @property
-    def is_open(self) -> bool:
-        return self._opened_at is not None
-
-    def before_call(self) -> None:
-        """Raise TransientError while open; in half-open state admit a single trial call."""
-        if self._opened_at is None:
-            return
-        remaining = self._opened_at + self.open_seconds - time.monotonic()
-        if remaining > 0 or self._probing:
-            raise TransientError(
-                f"LLM circuit breaker open after {self._consecutive} consecutive failures "
-                f"(retry in {max(remaining, 0):.1f}s)"
-            )
-        self._probing = True
-
-    def record_success(self) -> None:
-        self._consecutive = 0
-        self._opened_at = None
-        self._probing = False
-        LLM_CIRCUIT_OPEN.set(0)
-
-    def record_failure(self) -> None:
-        self._consecutive += 1
-        self._probing = False
-        if self._opened_at is not None or self._consecutive >= self.failures:
-            self._opened_at = time.monotonic()
-            LLM_CIRCUIT_OPEN.set(1)
-
-    def record_neutral(self) -> None:
-        """A call that says nothing about server health (the request itself was invalid)."""
-        self._probing = False
+class _RateLimited(Exception):
+    def __init__(self, retry_after: float | None) -> None:
+        super().__init__(f"LLM answered 429 (retry after {retry_after}s)")
+        self.retry_after = retry_after
 
 
-async def _count_rate_limits(response: httpx2.Response) -> None:
-    # An httpx2 response hook sees every HTTP answer, including those the SDK retries away.
-    if response.status_code == 429:
-        LLM_RATE_LIMITED.inc()
+@dataclass
+class Endpoint:
+    """One OpenAI-compatible server with its breaker and pace."""
+
+    name: str  # "llm <host>/<path>": no credentials, safe to log and to show
+    model: str
+    client: openai.AsyncOpenAI
+    breaker: Breaker
+    pace: Pace
+
+
+def endpoint_name(base_url: str) -> str:
+    parts = urlsplit(base_url)
+    return f"llm {parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path.rstrip('/')}"
 
 
 class OpenAIBackend(SummarizerBackend):
-    """Chat-completion summaries with client-side concurrency limit, metrics and circuit breaker."""
+    """Chat-completion summaries through the first endpoint that is up."""
 
     name = "openai"
 
-    def __init__(self, settings: Settings, *, circuit: CircuitBreaker | None = None) -> None:
-        self._model = settings.openai_model
+    def __init__(self, settings: Settings, *, breakers: Breakers | None = None) -> None:
         self._max_input_chars = settings.openai_max_input_chars
-        self._client = openai.AsyncOpenAI(
-            base_url=settings.openai_base_url,
-            api_key=settings.openai_api_key.get_secret_value(),
-            timeout=settings.openai_timeout_seconds,
-            # Retries are ours (summarize), so that waiting out a 429 or a 5xx holds no call slot.
-            max_retries=0,
-            # DefaultAsyncHttpxClient keeps the SDK's connection limits; we only add the hook.
-            http_client=openai.DefaultAsyncHttpxClient(event_hooks={"response": [_count_rate_limits]}),
-        )
-        self._slots = asyncio.Semaphore(settings.openai_max_concurrency)
-        self._max_retries = settings.openai_max_retries
-        self.circuit = circuit or CircuitBreaker(
-            # Calls in flight fail together when the server blips; needing more consecutive
-            # failures than can be in flight at once keeps one burst from opening the circuit.
-            failures=settings.openai_circuit_failures,
-            open_seconds=settings.openai_circuit_open_seconds,
-        )
+        breakers = breakers or Breakers.from_settings(settings)
+        urls = [settings.openai_base_url, *settings.openai_fallback_base_urls]
+        self.endpoints = [
+            self._endpoint(settings, url, settings.openai_model if index == 0 else
+                           settings.openai_fallback_model or settings.openai_model, breakers)
+            for index, url in enumerate(urls)
+        ]
         self._splitter = punkt.tokenizer_for("english", line_breaks="paragraph", prefixes=True)
 
-    async def summarize(self, text: str, *, sentences: int) -> Summary:
-        """Up to CONVEYOR_OPENAI_MAX_RETRIES retries of transient failures, each after the
-        server's Retry-After (or a jittered backoff), waited with no call slot held."""
-        prompt, truncated = _truncate(text, self._max_input_chars)
-        for retry in range(1, self._max_retries + 2):
-            try:
-                completion, answer = await self._call(prompt, sentences)
-                break
-            except TransientError as exc:
-                if retry > self._max_retries or self.circuit.is_open:
-                    raise
-                retry_after = getattr(exc, "retry_after", None)
-                await asyncio.sleep(retry_after if retry_after is not None
-                                    else backoff_delay(retry, base=RETRY_BASE_SECONDS, cap=RETRY_CAP_SECONDS))
-        parts = [s.strip() for s in self._splitter.tokenize(answer) if s.strip()]
-        meta: dict[str, Any] = {"model": completion.model or self._model, "input_truncated": truncated}
-        return Summary(text=answer, sentences=parts, backend=self.name, meta=meta)
+    @staticmethod
+    def _endpoint(settings: Settings, base_url: str | None, model: str, breakers: Breakers) -> Endpoint:
+        client = openai.AsyncOpenAI(
+            base_url=base_url,
+            api_key=settings.openai_api_key.get_secret_value(),
+            timeout=settings.openai_timeout_seconds,
+            # Retries are the pipeline's: waiting out a 429 or an outage then holds no slot.
+            max_retries=0,
+        )
+        name = endpoint_name(str(client.base_url))
+        pace = Pace(name, max_concurrency=settings.openai_max_concurrency,
+                    requests_per_minute=settings.openai_requests_per_minute,
+                    tokens_per_minute=settings.openai_tokens_per_minute)
+        return Endpoint(name, model, client, breakers[name], pace)
 
-    async def _call(self, prompt: str, sentences: int) -> tuple[ChatCompletion, str]:
-        """One call, inside a slot and the circuit breaker."""
-        async with self._slots:
-            self.circuit.before_call()
-            started = time.perf_counter()
-            outcome = "error"
+    def blocked(self) -> str | None:
+        """Every endpoint is down: the summarizer can do nothing until one is back."""
+        if all(endpoint.breaker.is_open for endpoint in self.endpoints):
+            return ", ".join(endpoint.name for endpoint in self.endpoints)
+        return None
+
+    async def summarize(self, text: str, *, sentences: int) -> Summary:
+        prompt, truncated = _truncate(text, self._max_input_chars)
+        tokens = len(prompt) / CHARACTERS_PER_TOKEN + TOKENS_PER_SENTENCE * sentences
+        unavailable: DependencyUnavailable | None = None
+        for endpoint in self.endpoints:
+            if not endpoint.breaker.usable():
+                continue
             try:
-                completion = await self._complete(prompt, sentences)
+                completion, answer = await self._call(endpoint, prompt, sentences, tokens)
+            except DependencyUnavailable as exc:
+                if exc.charge:
+                    raise
+                unavailable = unavailable or exc
+                continue  # the next endpoint, if one is up
+            parts = [s.strip() for s in self._splitter.tokenize(answer) if s.strip()]
+            meta: dict[str, Any] = {"model": completion.model or endpoint.model, "input_truncated": truncated,
+                                    "endpoint": endpoint.name}
+            return Summary(text=answer, sentences=parts, backend=self.name, meta=meta)
+        raise self._all_unavailable(unavailable)
+
+    def _all_unavailable(self, first: DependencyUnavailable | None) -> DependencyUnavailable:
+        """Wait for whichever endpoint admits a call first (after the first one's Retry-After)."""
+        breakers = [endpoint.breaker for endpoint in self.endpoints]
+        if len(breakers) == 1 and first is not None:
+            return first
+        since = min((b.opened_since for b in breakers if b.opened_since), default=None)
+        return DependencyUnavailable(
+            self.blocked() or (first.dependency if first else self.endpoints[0].name),
+            str(first) if first else "every LLM endpoint is unavailable",
+            wait=lambda: first_usable(breakers), since=since, retry_after=first.retry_after if first else None)
+
+    async def _call(self, endpoint: Endpoint, prompt: str, sentences: int,
+                    tokens: float) -> tuple[ChatCompletion, str]:
+        """One call, inside the endpoint's pace and breaker."""
+        async with endpoint.pace.slot(tokens=tokens) as level:
+            loop = asyncio.get_running_loop()
+            started, outcome = loop.time(), "error"
+            try:
+                async with endpoint.breaker.call():
+                    completion = await self._complete(endpoint, prompt, sentences)
+                endpoint.pace.succeeded(level=level)
                 _record_usage(completion)
-                answer = _answer_text(completion)
-            except TransientError:
-                self.circuit.record_failure()
-                raise
-            except BaseException:
-                # Invalid requests and cancellations say nothing about the server's health.
-                self.circuit.record_neutral()
-                raise
-            else:
-                self.circuit.record_success()
                 outcome = "ok"
+                return completion, _answer_text(completion)
+            except _RateLimited as exc:
+                outcome = "rate_limited"
+                endpoint.pace.rate_limited(exc.retry_after, level=level)
+                raise endpoint.breaker.unavailable(f"{endpoint.name} is rate limiting (429)",
+                                                   retry_after=exc.retry_after) from None
             finally:
-                LLM_LATENCY.labels(backend=self.name, outcome=outcome).observe(time.perf_counter() - started)
-        return completion, answer
+                LLM_LATENCY.labels(backend=self.name, outcome=outcome).observe(loop.time() - started)
 
     async def close(self) -> None:
-        await self._client.close()
+        for endpoint in self.endpoints:
+            await endpoint.client.close()
 
-    async def _complete(self, prompt: str, sentences: int) -> ChatCompletion:
-        """One chat completion; SDK errors left after its retries become Transient/PermanentError."""
+    async def _complete(self, endpoint: Endpoint, prompt: str, sentences: int) -> ChatCompletion:
+        """One chat completion; SDK errors become DependencyFailure, _RateLimited or PermanentError."""
         try:
-            return await self._client.chat.completions.create(
-                model=self._model,
+            return await endpoint.client.chat.completions.create(
+                model=endpoint.model,
                 messages=[
                     {"role": "system", "content": SYSTEM_PROMPT.format(n=sentences)},
                     {"role": "user", "content": prompt},
@@ -178,15 +171,16 @@ class OpenAIBackend(SummarizerBackend):
                 max_tokens=TOKENS_PER_SENTENCE * sentences,
             )
         except openai.APIStatusError as exc:
-            if exc.status_code in _TRANSIENT_STATUS or exc.status_code >= 500:
-                error = TransientError(f"LLM answered HTTP {exc.status_code}: {exc.message}")
-                error.retry_after = _retry_after(exc.response)  # type: ignore[attr-defined]
-                raise error from exc
+            if exc.status_code == 429:
+                raise _RateLimited(_retry_after(exc.response)) from exc
+            if exc.status_code in _UNAVAILABLE_STATUS or exc.status_code >= 500:
+                raise DependencyFailure(f"{endpoint.name} answered HTTP {exc.status_code}",
+                                        retry_after=_retry_after(exc.response)) from exc
             raise PermanentError(f"LLM rejected the request with HTTP {exc.status_code}: {exc.message}") from exc
         except openai.APITimeoutError as exc:
-            raise TransientError("LLM request timed out") from exc
+            raise DependencyFailure(f"{endpoint.name} timed out") from exc
         except openai.APIConnectionError as exc:
-            raise TransientError(f"cannot reach the LLM: {exc}") from exc
+            raise DependencyFailure(f"cannot reach {endpoint.name}: {type(exc.__cause__ or exc).__name__}") from exc
         except openai.OpenAIError as exc:  # malformed answers and other SDK-side failures
             raise TransientError(f"LLM call failed: {exc}") from exc
 

@@ -1,0 +1,180 @@
+"""Webhook deliveries that wait out their host: a durable retry schedule and a breaker per host.
+
+The notifier's handler makes the first POST. When the host does not take it (connection refused,
+timeout, 5xx, 429), the delivery goes on the job store's schedule and the record is done: the
+partition moves on, and other hosts' deliveries keep flowing. A scheduler in every notifier claims
+due deliveries (leased, so replicas do not share one) and POSTs them again with the same
+`webhook-id`. While a host's breaker is open its deliveries are not sent at their slots: one of
+them probes the host at the breaker's pace and, once the host answers, every delivery waiting for
+it is released at once. A delivery fails when its schedule is exhausted, or at once when the
+receiver refuses it with a 4xx; the job keeps its summary, and the delivery can be sent again
+(`POST /jobs/{id}/redeliver`, `conveyor redeliver`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from datetime import datetime, timezone
+
+import httpx
+from standardwebhooks import Webhook
+
+from conveyor.breakers import Breaker, Breakers, DependencyFailure, DependencyUnavailable
+from conveyor.errors import PermanentError, TransientError
+from conveyor.notifier.webhooks import Refused, check_target, deliver, result_body
+from conveyor.settings import Settings
+from conveyor.stores.base import Delivery, DeliveryState, JobRecord, JobStore, delivery_host
+
+log = logging.getLogger(__name__)
+
+LEASE_SECONDS = 120.0  # a claimed delivery is someone else's to take only after this
+POLL_SECONDS = 0.5
+BATCH = 64
+
+
+class Deliveries:
+    """Sends webhooks and owns the ones that wait."""
+
+    def __init__(self, settings: Settings, store: JobStore, client: httpx.AsyncClient, webhook: Webhook,
+                 breakers: Breakers) -> None:
+        self._settings = settings
+        self._schedule = settings.webhook_retry_schedule
+        self._store = store
+        self._client = client
+        self._webhook = webhook
+        self._breakers = breakers
+        self._sending: set[str] = set()  # job ids this process is sending now
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._down_hosts: set[str] = set()  # hosts with deliveries waiting while their breaker is open
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def breaker(self, host: str) -> Breaker:
+        return self._breakers[f"webhook {host}"]
+
+    async def first_attempt(self, record: JobRecord, url: str) -> None:
+        """The handler's POST; what the host does not take goes on the schedule."""
+        host = delivery_host(url)
+        if not self.breaker(host).usable():
+            await self._retry_later(record, url, host, called=False, error=f"webhook {host} is unavailable")
+            return
+        await self._attempt(record, url)
+
+    async def run(self) -> None:
+        """Claim and send due deliveries until cancelled; probe and release hosts as their breakers allow.
+        At start every host with deliveries waiting is tried at once: this process knows nothing of
+        its health yet, and if it is still down its breaker opens within CONVEYOR_CIRCUIT_FAILURES calls."""
+        try:
+            self._down_hosts.update(await self._store.delivery_hosts())
+        except Exception as exc:  # noqa: BLE001 - their slots still come due
+            log.warning("webhook scheduler: cannot list waiting hosts: %s", exc)
+        while True:
+            try:
+                await self._round()
+            except Exception as exc:  # noqa: BLE001 - the job store blipped; the next round tries again
+                log.warning("webhook scheduler: %s: %s", type(exc).__name__, exc)
+            await asyncio.sleep(POLL_SECONDS)
+
+    async def _round(self) -> None:
+        now = time.time()
+        claimed = await self._store.claim_due_deliveries(now, limit=BATCH, lease_seconds=LEASE_SECONDS)
+        for host in list(self._down_hosts):
+            breaker = self.breaker(host)
+            if not breaker.is_open:  # the host is back: release everything that waited for it
+                self._down_hosts.discard(host)
+                claimed += await self._store.claim_host_deliveries(host, now, limit=10_000, lease_seconds=LEASE_SECONDS)
+            elif breaker.usable():  # time for a probe: one delivery tries the host
+                claimed += await self._store.claim_host_deliveries(host, now, limit=1, lease_seconds=LEASE_SECONDS)
+        for job_id in dict.fromkeys(claimed):
+            if job_id not in self._sending:
+                self._spawn(job_id)
+
+    def _spawn(self, job_id: str) -> None:
+        self._sending.add(job_id)
+        task = asyncio.create_task(self._resend(job_id))
+        self._tasks.add(task)
+        task.add_done_callback(lambda done: (self._tasks.discard(done), self._sending.discard(job_id)))
+
+    async def _resend(self, job_id: str) -> None:
+        async with self._slots:
+            record = await self._store.get(job_id)
+            waiting = record is not None and record.delivery is not None \
+                and record.delivery.state == DeliveryState.waiting
+            if not waiting or record is None or not record.callback_url:
+                await self._store.unschedule_delivery(job_id)  # delivered, failed or gone meanwhile
+                return
+            host = delivery_host(record.callback_url)
+            if not self.breaker(host).usable():
+                await self._retry_later(record, record.callback_url, host, called=False,
+                                        error=f"webhook {host} is unavailable")
+                return
+            await self._attempt(record, record.callback_url)
+
+    async def _attempt(self, record: JobRecord, url: str) -> None:
+        host, status = delivery_host(url), None
+        try:
+            async with self.breaker(host).call():
+                try:
+                    await check_target(url, allow_private=self._settings.webhook_allow_private)
+                    await deliver(self._client, url, result_body(record), webhook=self._webhook,
+                                  delivery_id=record.job_id)
+                except TransientError as exc:
+                    status = getattr(exc, "status", None)
+                    raise DependencyFailure(str(exc)) from exc
+        except DependencyUnavailable as exc:
+            # No cause: the open breaker refused it, and no request was made.
+            await self._retry_later(record, url, host, called=exc.__cause__ is not None, error=str(exc), status=status)
+            return
+        except Refused as exc:
+            await self._give_up(record, error=str(exc), status=exc.status, called=True)
+            return
+        except PermanentError as exc:  # the URL itself is not allowed
+            await self._give_up(record, error=str(exc), status=None, called=False)
+            return
+        await self._store.mark_notified(record.job_id)
+        if record.delivery is not None:
+            await self._store.set_delivery(record.job_id, record.delivery.model_copy(update={
+                "state": DeliveryState.delivered, "attempts": record.delivery.attempts + 1, "next_attempt_at": None,
+                "last_status": 200, "last_error": None, "updated_at": _now()}))
+            await self._store.unschedule_delivery(record.job_id)
+            log.info("webhook for job %s delivered after %d attempt(s)", record.job_id, record.delivery.attempts + 1)
+
+    async def _retry_later(self, record: JobRecord, url: str, host: str, *, called: bool, error: str,
+                           status: int | None = None) -> None:
+        """The next slot of the schedule, or failed when none is left."""
+        current = record.delivery or Delivery(state=DeliveryState.waiting, webhook_id=record.job_id, slot=-1)
+        slot = current.slot + 1
+        attempts = current.attempts + (1 if called else 0)
+        if slot >= len(self._schedule):
+            await self._give_up(record, error=error, status=status if called else current.last_status,
+                                called=called)
+            return
+        due = time.time() + self._schedule[slot]
+        delivery = current.model_copy(update={
+            "state": DeliveryState.waiting, "slot": slot, "attempts": attempts,
+            "last_status": status if called else current.last_status, "last_error": error[:500],
+            "next_attempt_at": datetime.fromtimestamp(due, timezone.utc), "updated_at": _now()})
+        await self._store.set_delivery(record.job_id, delivery)
+        await self._store.schedule_delivery(record.job_id, host=host, due=due)
+        if self.breaker(host).is_open:
+            self._down_hosts.add(host)
+        log.debug("webhook for job %s waits for %s (retry %d in %gs)", record.job_id, host, slot + 1, self._schedule[slot])
+
+    async def _give_up(self, record: JobRecord, *, error: str, status: int | None, called: bool) -> None:
+        current = record.delivery or Delivery(state=DeliveryState.failed, webhook_id=record.job_id)
+        await self._store.set_delivery(record.job_id, current.model_copy(update={
+            "state": DeliveryState.failed, "attempts": current.attempts + (1 if called else 0), "last_status": status,
+            "last_error": error[:500], "next_attempt_at": None, "updated_at": _now()}))
+        await self._store.unschedule_delivery(record.job_id)
+        log.warning("webhook for job %s failed: %s", record.job_id, error[:200])
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
