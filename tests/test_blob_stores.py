@@ -75,3 +75,45 @@ async def test_reference_outside_the_store_is_refused(store: BlobStore) -> None:
                       size=1, sha256="0" * 64)
     with pytest.raises(PermanentError, match="outside"):
         await store.get(outside)
+
+
+async def test_an_unreachable_s3_is_a_dependency_outage_and_its_breaker_opens() -> None:
+    from botocore.config import Config
+
+    from conveyor.breakers import Breaker, DependencyUnavailable
+
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    client = boto3.client("s3", endpoint_url=dead, config=Config(retries={"max_attempts": 1}, connect_timeout=1))
+    breaker = Breaker("blob store s3://b", failures=2, probe_seconds=30, probe_max_seconds=30)
+    store = S3BlobStore(bucket="b", client=client, breaker=breaker)
+    ref = BlobRef(uri="s3://b/blobs/x", size=1, sha256="0" * 64)
+
+    for _ in range(2):
+        with pytest.raises(DependencyUnavailable, match="EndpointConnectionError") as raised:
+            await store.get(ref)
+        assert not raised.value.charge
+    assert breaker.is_open
+    with pytest.raises(DependencyUnavailable, match="circuit is open"):  # no call is made now
+        await store.put(b"data")
+
+
+async def test_the_gateway_answers_503_with_retry_after_while_the_blob_store_is_down(broker: str, tmp_path) -> None:
+    import httpx
+
+    from conveyor.gateway.app import create_app
+    from conveyor.settings import Settings
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    settings = Settings(bootstrap_servers=broker, topic_prefix=f"bl{os.urandom(3).hex()}", home=tmp_path,
+                        blob_store="s3", s3_endpoint_url=f"http://127.0.0.1:{free_port()}", claim_check_bytes=10,
+                        lag_interval_seconds=0)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
+            answer = await client.post("/submit", json={"user_id": "u1", "content": "a document too big to inline"})
+
+    assert answer.status_code == 503
+    assert int(answer.headers["retry-after"]) >= 1
+    assert "blob store s3://conveyor is unavailable" in answer.json()["detail"]

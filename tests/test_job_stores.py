@@ -14,7 +14,7 @@ from redis import Redis as SyncRedis
 
 from conveyor.errors import TransientError
 from conveyor.cli.embedded_broker import free_port
-from conveyor.stores.base import JobRecord, JobState, JobStore, StageState
+from conveyor.stores.base import Delivery, DeliveryState, JobRecord, JobState, JobStore, StageState
 from conveyor.stores.redis_store import RedisJobStore
 from conveyor.stores.sqlite_store import SqliteJobStore
 
@@ -204,23 +204,42 @@ async def test_concurrent_attempts_on_one_stage_keep_the_highest(store: JobStore
     assert loaded.stages["extractor"].state == StageState.running
 
 
-async def test_ttl_applies_on_every_write(redis_url: str) -> None:
+@pytest.fixture
+async def expiring(redis_url: str) -> AsyncIterator[tuple[RedisJobStore, SyncRedis]]:
+    """A Redis store whose jobs expire 100 s after their last write, and a plain client to look."""
     store = RedisJobStore(redis_url, prefix=f"ttl:{uuid.uuid4().hex[:8]}:", ttl_seconds=100)
     sync = SyncRedis.from_url(redis_url)
-    try:
-        record = _record()
-        await store.create(record)
-        key = store.key(record.job_id)
-        assert 0 < sync.ttl(key) <= 100
-        sync.expire(key, 5)
-        await store.update_stage(record.job_id, "extractor", StageState.running, attempts=1)
-        assert sync.ttl(key) > 5  # refreshed by the write
-        sync.expire(key, 5)
-        assert await store.mark_notified(record.job_id) is True
-        assert sync.ttl(key) > 5
-    finally:
-        sync.close()
-        await store.close()
+    yield store, sync
+    sync.close()
+    await store.close()
+
+
+async def test_ttl_applies_on_every_write(expiring: tuple[RedisJobStore, SyncRedis]) -> None:
+    store, sync = expiring
+    record = _record()
+    await store.create(record)
+    key = store.key(record.job_id)
+    assert 0 < sync.ttl(key) <= 100
+    sync.expire(key, 5)
+    await store.update_stage(record.job_id, "extractor", StageState.running, attempts=1)
+    assert sync.ttl(key) > 5  # refreshed by the write
+    sync.expire(key, 5)
+    assert await store.mark_notified(record.job_id) is True
+    assert sync.ttl(key) > 5
+
+
+async def test_a_job_that_can_still_be_redriven_does_not_expire(expiring: tuple[RedisJobStore, SyncRedis]) -> None:
+    store, sync = expiring
+    record = _record()
+    await store.create(record)
+    key = store.key(record.job_id)
+    waiting = Delivery(state=DeliveryState.waiting, webhook_id=record.job_id)
+    await store.set_delivery(record.job_id, waiting)
+    assert sync.ttl(key) == -1  # a waiting delivery can still send it
+    await store.set_delivery(record.job_id, waiting.model_copy(update={"state": DeliveryState.delivered}))
+    assert 0 < sync.ttl(key) <= 100
+    await store.update_stage(record.job_id, "summarizer", StageState.failed, attempts=5, error="boom")
+    assert sync.ttl(key) == -1  # dead-lettered: a replay needs the record
 
 
 async def test_keys_carry_the_prefix(redis_url: str) -> None:

@@ -119,6 +119,14 @@ def test_upload_without_file_is_422(pipeline: Pipeline) -> None:
     assert response.status_code == 422
 
 
+def test_redeliver_answers_4xx_for_what_it_cannot_resend(pipeline: Pipeline) -> None:
+    assert httpx.post(f"{pipeline.url}/jobs/nope/redeliver").status_code == 404
+    job_id = pipeline.submit(english_text(seed=2))
+    pipeline.wait_for([job_id])
+    answer = httpx.post(f"{pipeline.url}/jobs/{job_id}/redeliver")
+    assert answer.status_code == 409 and "no callback_url" in answer.json()["detail"]
+
+
 def test_unknown_job_is_404(pipeline: Pipeline) -> None:
     assert httpx.get(f"{pipeline.url}/jobs/nope").status_code == 404
 

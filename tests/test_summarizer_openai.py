@@ -195,7 +195,7 @@ async def test_the_circuit_opens_refuses_without_calling_and_closes_on_a_probe(
     assert endpoint.breaker.is_open and backend.blocked() == endpoint.name
     assert metric("conveyor_circuit_open", dependency=endpoint.name) == 1
 
-    with pytest.raises(DependencyUnavailable, match="every LLM endpoint|circuit is open"):
+    with pytest.raises(DependencyUnavailable, match="circuit open"):
         await backend.summarize(DOCUMENT, sentences=1)
     assert openai_server.request_count == 3
 

@@ -13,6 +13,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from standardwebhooks import Webhook, WebhookVerificationError
 
 
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # a real server's listen backlog, not socketserver's 5
+
+
 class WebhookReceiver:
     def __init__(self, secret: str) -> None:
         # A receiver is given the whsec_ form of the secret Conveyor signs with.
@@ -55,7 +59,7 @@ class WebhookReceiver:
 
         self._lock = threading.Lock()
         self._handler = Handler
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _Server(("127.0.0.1", 0), Handler)
         self.port = self._server.server_address[1]
         self.arrivals: dict[str, float] = {}  # job id -> time.time() of its first delivery
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -71,7 +75,7 @@ class WebhookReceiver:
 
     def listen(self) -> None:
         """Listen again, on the same port."""
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler)
+        self._server = _Server(("127.0.0.1", self.port), self._handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
 

@@ -122,6 +122,7 @@ class Settings(BaseSettings):
         default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 36000],
         description="Seconds between a failed webhook and each retry, comma separated (about 27 h in all by default).",
     )
+    webhook_host_concurrency: int = Field(8, ge=1, description="Webhook POSTs in flight to one host per notifier process.")
     webhook_allow_private: bool = Field(
         False, description="Allow callbacks to loopback/private/link-local addresses."
     )

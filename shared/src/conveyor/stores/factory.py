@@ -21,6 +21,8 @@ def open_blob_store(settings: Settings) -> BlobStore:
     if settings.blob_store == "s3":
         from conveyor.stores.s3_blobs import S3BlobStore
 
-        return S3BlobStore(bucket=settings.s3_bucket, endpoint_url=settings.s3_endpoint_url,
-                           prefix=settings.s3_prefix)
+        from conveyor.breakers import Breakers
+
+        return S3BlobStore(bucket=settings.s3_bucket, endpoint_url=settings.s3_endpoint_url, prefix=settings.s3_prefix,
+                           breaker=Breakers.from_settings(settings)[f"blob store s3://{settings.s3_bucket}"])
     return FileBlobStore(settings.resolved_blob_dir())

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from conveyor import metrics, tracing
+from conveyor.breakers import DependencyUnavailable
 from conveyor.events import Event, Payload, utcnow
 from conveyor.gateway.lag_exporter import export_lag_forever
 from conveyor.gateway.limits import BodyLimitMiddleware
@@ -84,6 +85,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if any(e.get("type") == "json_invalid" for e in errors):
             return JSONResponse({"detail": "malformed JSON body", "errors": _plain(errors)}, status_code=400)
         return JSONResponse({"detail": "invalid request", "errors": _plain(errors)}, status_code=422)
+
+    @app.exception_handler(DependencyUnavailable)
+    async def dependency_down(request: Request, exc: DependencyUnavailable) -> JSONResponse:
+        # The blob store is down: nothing was accepted, and the client may simply try again.
+        retry_after = str(max(1, round(exc.retry_after or 5)))
+        return JSONResponse({"detail": f"{exc.dependency} is unavailable; nothing was accepted, try again later"},
+                            status_code=503, headers={"retry-after": retry_after})
 
     def status_url(request: Request, job_id: str) -> str:
         base = settings.public_url.rstrip("/") or str(request.base_url).rstrip("/")

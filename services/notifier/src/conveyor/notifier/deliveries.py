@@ -47,6 +47,8 @@ class Deliveries:
         self._breakers = breakers
         self._sending: set[str] = set()  # job ids this process is sending now
         self._slots = asyncio.Semaphore(settings.concurrency)
+        # A host back from an outage gets its backlog at this many connections, not all at once.
+        self._host_slots: dict[str, asyncio.Semaphore] = {}
         self._down_hosts: set[str] = set()  # hosts with deliveries waiting while their breaker is open
         self._tasks: set[asyncio.Task[None]] = set()
 

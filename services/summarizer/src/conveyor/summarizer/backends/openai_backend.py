@@ -123,14 +123,15 @@ class OpenAIBackend(SummarizerBackend):
         raise self._all_unavailable(unavailable)
 
     def _all_unavailable(self, first: DependencyUnavailable | None) -> DependencyUnavailable:
-        """Wait for whichever endpoint admits a call first (after the first one's Retry-After)."""
-        breakers = [endpoint.breaker for endpoint in self.endpoints]
-        if len(breakers) == 1 and first is not None:
+        """No endpoint took the call: wait for whichever admits one first (after the first
+        failure's Retry-After, if it gave one)."""
+        if len(self.endpoints) == 1 and first is not None:
             return first
+        breakers = [endpoint.breaker for endpoint in self.endpoints]
+        names = ", ".join(endpoint.name for endpoint in self.endpoints)
         since = min((b.opened_since for b in breakers if b.opened_since), default=None)
         return DependencyUnavailable(
-            self.blocked() or (first.dependency if first else self.endpoints[0].name),
-            str(first) if first else "every LLM endpoint is unavailable",
+            names, str(first) if first else f"{names}: circuit open, waiting for a probe to succeed",
             wait=lambda: first_usable(breakers), since=since, retry_after=first.retry_after if first else None)
 
     async def _call(self, endpoint: Endpoint, prompt: str, sentences: int,
