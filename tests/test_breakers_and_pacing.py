@@ -146,3 +146,9 @@ def test_a_requests_per_minute_budget_spaces_calls_out() -> None:
     assert pace._delay(0) == pytest.approx(1.0)  # one request a second once the burst is spent
     clock.now += 1
     assert pace._delay(0) == 0
+
+
+async def test_trip_opens_a_breaker_known_to_be_down_at_once() -> None:
+    breaker = Breaker("dep-e", failures=16, probe_seconds=1, probe_max_seconds=30)
+    breaker.trip("down before this process started")
+    assert breaker.is_open and not breaker.usable()

@@ -120,6 +120,12 @@ class Breaker:
             except asyncio.TimeoutError:
                 pass
 
+    def trip(self, reason: str) -> None:
+        """Open now, without waiting for the failure threshold (the dependency is known to be down)."""
+        if not self.is_open:
+            self._open(reason)
+            self._notify()
+
     # ------------------------------------------------------------------------- transitions
 
     def _admit(self) -> None:
@@ -140,13 +146,16 @@ class Breaker:
             self._next_probe = now + self._interval
             log.info("%s still unavailable (%s); next probe in %gs", self.name, exc, self._interval)
         elif not self.is_open and self._consecutive >= self.failures:
-            self._opened_at, self.opened_since = now, utcnow()
-            self._interval = self.probe_seconds
-            self._next_probe = now + self._interval
-            self._gauge.set(1)
-            log.warning("%s unavailable after %d consecutive failures (last: %s); circuit open, records "
-                        "wait for it", self.name, self._consecutive, exc)
+            self._open(f"{self._consecutive} consecutive failures, the last: {exc}")
         self._notify()
+
+    def _open(self, why: str) -> None:
+        now = self._clock()
+        self._opened_at, self.opened_since = now, utcnow()
+        self._interval = self.probe_seconds
+        self._next_probe = now + self._interval
+        self._gauge.set(1)
+        log.warning("%s unavailable (%s); circuit open, records wait for it", self.name, why)
 
     def _success(self) -> None:
         self._successes += 1

@@ -22,14 +22,12 @@ import asyncio
 import random
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import WatchError
 
 from conveyor.errors import TransientError
 from conveyor.events import utcnow
-from conveyor.stores import records
 from conveyor.stores.base import JobRecord, JobStore
 
 DEFAULT_PREFIX = "conveyor:job:"

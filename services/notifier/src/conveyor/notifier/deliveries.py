@@ -50,6 +50,9 @@ class Deliveries:
         # A host back from an outage gets its backlog at this many connections, not all at once.
         self._host_slots: dict[str, asyncio.Semaphore] = {}
         self._down_hosts: set[str] = set()  # hosts with deliveries waiting while their breaker is open
+        self._suspect_hosts: set[str] = set()  # hosts with deliveries waiting when this process started
+        self._probing_hosts: set[str] = set()
+        self._probes: dict[str, str] = {}  # job id -> the suspect host its delivery probes
         self._tasks: set[asyncio.Task[None]] = set()
 
     def breaker(self, host: str) -> Breaker:
@@ -59,16 +62,16 @@ class Deliveries:
         """The handler's POST; what the host does not take goes on the schedule."""
         host = delivery_host(url)
         if not self.breaker(host).usable():
-            await self._retry_later(record, url, host, called=False, error=f"webhook {host} is unavailable")
+            await self._retry_later(record, host, called=False, error=f"webhook {host} is unavailable")
             return
         await self._attempt(record, url)
 
     async def run(self) -> None:
         """Claim and send due deliveries until cancelled; probe and release hosts as their breakers allow.
-        At start every host with deliveries waiting is tried at once: this process knows nothing of
-        its health yet, and if it is still down its breaker opens within CONVEYOR_CIRCUIT_FAILURES calls."""
+        At start, each host with deliveries waiting is suspect: one of them probes it first, and the
+        rest follow at once if it answers, or wait behind its breaker, opened, if it does not."""
         try:
-            self._down_hosts.update(await self._store.delivery_hosts())
+            self._suspect_hosts.update(await self._store.delivery_hosts())
         except Exception as exc:  # noqa: BLE001 - their slots still come due
             log.warning("webhook scheduler: cannot list waiting hosts: %s", exc)
         while True:
@@ -81,6 +84,14 @@ class Deliveries:
     async def _round(self) -> None:
         now = time.time()
         claimed = await self._store.claim_due_deliveries(now, limit=BATCH, lease_seconds=LEASE_SECONDS)
+        for host in list(self._suspect_hosts - self._probing_hosts):
+            probe = await self._store.claim_host_deliveries(host, now, limit=1, lease_seconds=LEASE_SECONDS)
+            if not probe:
+                self._suspect_hosts.discard(host)
+            for job_id in probe:
+                self._probing_hosts.add(host)
+                self._probes[job_id] = host
+            claimed += probe
         for host in list(self._down_hosts):
             breaker = self.breaker(host)
             if not breaker.is_open:  # the host is back: release everything that waited for it
@@ -96,7 +107,14 @@ class Deliveries:
         self._sending.add(job_id)
         task = asyncio.create_task(self._resend(job_id))
         self._tasks.add(task)
-        task.add_done_callback(lambda done: (self._tasks.discard(done), self._sending.discard(job_id)))
+        task.add_done_callback(lambda done: self._finished(done, job_id))
+
+    def _finished(self, task: asyncio.Task[None], job_id: str) -> None:
+        self._tasks.discard(task)
+        self._sending.discard(job_id)
+        host = self._probes.pop(job_id, None)
+        if host is not None:
+            self._probing_hosts.discard(host)  # a probe that never reached the host: the next round picks another
 
     async def _resend(self, job_id: str) -> None:
         async with self._slots:
@@ -108,15 +126,29 @@ class Deliveries:
                 return
             host = delivery_host(record.callback_url)
             if not self.breaker(host).usable():
-                await self._retry_later(record, record.callback_url, host, called=False,
-                                        error=f"webhook {host} is unavailable")
+                await self._retry_later(record, host, called=False, error=f"webhook {host} is unavailable")
                 return
             await self._attempt(record, record.callback_url)
 
     async def _attempt(self, record: JobRecord, url: str) -> None:
-        host, status = delivery_host(url), None
+        host = delivery_host(url)
+        delivered = False
         try:
-            async with self.breaker(host).call():
+            delivered = await self._post(record, url, host)
+        finally:
+            if host in self._probing_hosts:  # a suspect host's first probe settles it
+                self._probing_hosts.discard(host)
+                self._suspect_hosts.discard(host)
+                if not delivered:
+                    self.breaker(host).trip("it was down before this notifier started, and still is")
+                self._down_hosts.add(host)  # open: probes follow; closed: the rest is released
+
+    async def _post(self, record: JobRecord, url: str, host: str) -> bool:
+        """One POST through the host's breaker; True when delivered."""
+        status = None
+        host_slots = self._host_slots.setdefault(host, asyncio.Semaphore(self._settings.webhook_host_concurrency))
+        try:
+            async with host_slots, self.breaker(host).call():
                 try:
                     await check_target(url, allow_private=self._settings.webhook_allow_private)
                     await deliver(self._client, url, result_body(record), webhook=self._webhook,
@@ -126,14 +158,14 @@ class Deliveries:
                     raise DependencyFailure(str(exc)) from exc
         except DependencyUnavailable as exc:
             # No cause: the open breaker refused it, and no request was made.
-            await self._retry_later(record, url, host, called=exc.__cause__ is not None, error=str(exc), status=status)
-            return
+            await self._retry_later(record, host, called=exc.__cause__ is not None, error=str(exc), status=status)
+            return False
         except Refused as exc:
             await self._give_up(record, error=str(exc), status=exc.status, called=True)
-            return
+            return True  # the host answered: it is up
         except PermanentError as exc:  # the URL itself is not allowed
             await self._give_up(record, error=str(exc), status=None, called=False)
-            return
+            return True
         await self._store.mark_notified(record.job_id)
         if record.delivery is not None:
             await self._store.set_delivery(record.job_id, record.delivery.model_copy(update={
@@ -141,8 +173,9 @@ class Deliveries:
                 "last_status": 200, "last_error": None, "updated_at": _now()}))
             await self._store.unschedule_delivery(record.job_id)
             log.info("webhook for job %s delivered after %d attempt(s)", record.job_id, record.delivery.attempts + 1)
+        return True
 
-    async def _retry_later(self, record: JobRecord, url: str, host: str, *, called: bool, error: str,
+    async def _retry_later(self, record: JobRecord, host: str, *, called: bool, error: str,
                            status: int | None = None) -> None:
         """The next slot of the schedule, or failed when none is left."""
         current = record.delivery or Delivery(state=DeliveryState.waiting, webhook_id=record.job_id, slot=-1)

@@ -13,9 +13,9 @@ from contextlib import AsyncExitStack
 import httpx
 
 from conveyor import metrics
+from conveyor.breakers import Breakers
 from conveyor.events import Event
 from conveyor.kafka.stage import Stage
-from conveyor.breakers import Breakers
 from conveyor.notifier.deliveries import Deliveries
 from conveyor.notifier.webhooks import signer
 from conveyor.settings import Settings
