@@ -47,7 +47,7 @@ class StageRun:
         await ensure_topics(self.settings, [t for s in STAGES for t in (input_topic(s, self.prefix),
                                                                         dlq_topic(s, self.prefix))])
         env = {**os.environ, "CONVEYOR_BOOTSTRAP_SERVERS": self.bootstrap, "CONVEYOR_TOPIC_PREFIX": self.prefix,
-               "CONVEYOR_HOME": str(self.home), "CONVEYOR_PARTITIONS": "6", "CONVEYOR_LOG_LEVEL": "WARNING",
+               "CONVEYOR_HOME": str(self.home), "CONVEYOR_PARTITIONS": "6", "CONVEYOR_WEBHOOK_SECRET": "bench-secret", "CONVEYOR_LOG_LEVEL": "WARNING",
                **self.env}
         for stage in stages:
             output = None

@@ -56,6 +56,7 @@ class Pipeline:
             "CONVEYOR_RETRY_MAX_SECONDS": "0.5",
             "CONVEYOR_TEXTRANK_PROCESSES": "1",
             "CONVEYOR_LAG_INTERVAL_SECONDS": "0",
+            "CONVEYOR_WEBHOOK_SECRET": "test-secret",
             **self.extra_env,
         }
 

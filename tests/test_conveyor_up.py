@@ -61,11 +61,23 @@ def test_up_runs_the_pipeline_and_stops_cleanly(tmp_path) -> None:
         output = up.stdout.read()
         assert f"gateway    {url.replace('127.0.0.1', '127.0.0.1')}" in output
         assert "stopped 6 process(es)" in output
+        # Webhooks are signed with a key made for this home, never a known default.
+        key_file = tmp_path / "state" / "webhook-secret"
+        assert key_file.read_text().startswith("whsec_") and key_file.stat().st_mode & 0o777 == 0o600
+        assert f"webhook key {key_file}" in output
         assert not (tmp_path / "state" / "up.json").exists(), "a stopped instance is not advertised"
         assert all(not c.is_running() or c.status() == psutil.STATUS_ZOMBIE for c in children)
     finally:
         if up.poll() is None:
             up.kill()
+
+
+def test_a_notifier_without_a_webhook_secret_refuses_to_start_in_one_line(tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "CONVEYOR_WEBHOOK_SECRET"}
+    result = subprocess.run([sys.executable, "-m", "conveyor.notifier"], env={**env, "CONVEYOR_HOME": str(tmp_path)},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "CONVEYOR_WEBHOOK_SECRET is not set" in result.stderr
 
 
 @pytest.mark.parametrize("clash", ["gateway", "metrics"])

@@ -30,6 +30,7 @@ from documents import english_text
 async def test_one_trace_spans_gateway_and_every_stage(broker: str, tmp_path) -> None:
     exporter = tracing.install_in_memory_exporter()
     settings = Settings(bootstrap_servers=broker, topic_prefix=f"tr{uuid.uuid4().hex[:6]}", home=tmp_path,
+                        webhook_secret="trace-test-secret",
                         partitions=2, session_timeout_ms=6000, lag_interval_seconds=0, textrank_processes=1)
     await ensure_topics(settings, all_topics(settings.topic_prefix))
     app = create_app(settings)

@@ -116,7 +116,9 @@ class Settings(BaseSettings):
     openai_max_input_chars: int = Field(24_000, ge=1000, description="Longer texts are truncated before the LLM call.")
 
     # --- Notifier ----------------------------------------------------------------------------
-    webhook_secret: SecretStr = Field(SecretStr("change-me"), description="HMAC-SHA256 key for webhook signatures (secret).")
+    webhook_secret: SecretStr | None = Field(
+        None, description="Key that signs webhooks (secret); the notifier needs it. conveyor up makes one in <home>/webhook-secret."
+    )
     webhook_timeout_seconds: float = Field(10.0, gt=0, description="Per-attempt webhook timeout.")
     webhook_retry_schedule: Annotated[list[NonNegativeFloat], NoDecode] = Field(
         default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 36000],

@@ -21,6 +21,7 @@ from pathlib import Path
 from conveyor.cli import running
 from conveyor.cli.embedded_broker import EmbeddedBroker
 from conveyor.cli.services import service_argv
+from conveyor.cli.webhook_secret import local_webhook_secret
 from conveyor.isolation import die_with_parent
 from conveyor.settings import Settings
 from conveyor.topics import STAGES
@@ -108,6 +109,9 @@ class Supervisor:
         broker = None
         # Worker probes answer on loopback only: this is one machine, not a pod network.
         env = {**os.environ, "CONVEYOR_HOME": str(home), "CONVEYOR_METRICS_HOST": "127.0.0.1"}
+        webhook_key = None
+        if not env.get("CONVEYOR_WEBHOOK_SECRET"):
+            env["CONVEYOR_WEBHOOK_SECRET"], webhook_key = local_webhook_secret(home)
         if self.embedded:
             broker = EmbeddedBroker(log_path=log_dir / "broker.log").start()
             env["CONVEYOR_BOOTSTRAP_SERVERS"] = broker.bootstrap
@@ -123,7 +127,7 @@ class Supervisor:
                 child.start()
             url = f"http://{self.settings.gateway_host}:{self.settings.gateway_port}"
             up_file = running.record(home, bootstrap_servers=bootstrap, gateway_url=url)
-            self._print_banner(bootstrap, broker is not None, children, log_dir, home)
+            self._print_banner(bootstrap, broker is not None, children, log_dir, home, webhook_key)
             while not self.stopping:
                 self._restart_dead(children)
                 time.sleep(0.5)
@@ -186,7 +190,7 @@ class Supervisor:
         print(f"stopped {len(live)} process(es)", flush=True)
 
     def _print_banner(self, bootstrap: str, embedded: bool, children: list[Child], log_dir: Path,
-                      home: Path) -> None:
+                      home: Path, webhook_key: Path | None) -> None:
         url = f"http://{self.settings.gateway_host}:{self.settings.gateway_port}"
         lines = [
             "Conveyor is starting:",
@@ -199,6 +203,7 @@ class Supervisor:
             f"  logs       {log_dir}",
             f"  state      {home}",
             f"  prometheus targets {home / 'prometheus-targets.json'}",
+            *([f"  webhook key {webhook_key} (receivers verify signatures with it)"] if webhook_key else []),
             "",
             f"Try: curl -X POST {url}/submit -H 'content-type: application/json' "
             "-d '{\"user_id\":\"u1\",\"content\":\"...\"}'",

@@ -25,6 +25,8 @@ from conveyor.stores.blobs import BlobStore
 
 
 def build_stage(settings: Settings, store: JobStore, blobs: BlobStore, resources: AsyncExitStack) -> Stage:
+    if settings.webhook_secret is None:
+        raise ValueError("CONVEYOR_WEBHOOK_SECRET is not set: the notifier signs every webhook with it")
     client = httpx.AsyncClient(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
     resources.push_async_callback(client.aclose)
     deliveries = Deliveries(settings, store, client, signer(settings.webhook_secret.get_secret_value()),
