@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import re
+import time
 
 import httpx
 import pytest
@@ -90,6 +90,8 @@ def test_unusable_document_fails_with_a_clear_error(pipeline: Pipeline) -> None:
         ({"json": {"user_id": "u", "content": ""}}, 422, "content"),
         ({"json": {"user_id": "u", "content": "x", "surprise": 1}}, 422, "surprise"),
         ({"json": {"user_id": "u", "content": "x", "callback_url": "not a url"}}, 422, "callback_url"),
+        ({"json": {"user_id": "u", "content": "x", "content_type": "text/plain\nFORGED log line"}}, 422, "content_type"),
+        ({"json": {"user_id": "u", "content": "x", "content_type": "text/" + "p" * 2_000_000}}, 422, "content_type"),
     ],
 )
 def test_bad_json_gets_a_clear_4xx(pipeline: Pipeline, request_kwargs: dict, status: int, message: str) -> None:
@@ -112,6 +114,53 @@ def test_unsupported_upload_type_is_415(pipeline: Pipeline) -> None:
                           files={"file": ("photo.png", b"\x89PNG....", "image/png")})
     assert response.status_code == 415
     assert "unsupported file type" in response.json()["detail"]
+
+
+def test_oversized_chunked_body_is_413(pipeline: Pipeline) -> None:
+    def chunks():  # no Content-Length: the limit is enforced while the body streams in
+        for _ in range(6):
+            yield b"x" * (1024 * 1024)
+
+    response = httpx.post(f"{pipeline.url}/submit", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413
+
+
+@pytest.mark.parametrize(("name", "content_type", "status"), [
+    ("backup.zip", "", 415),  # an archive without its MIME type
+    ("backup.zip", "application/octet-stream", 415),
+    ("report.txt", "text/plain; " + "x" * 300, 422),  # a content type past its length limit
+    ("r" * 300 + ".txt", "text/plain", 422),
+])
+def test_uploads_that_cannot_be_documents_get_a_4xx(pipeline: Pipeline, name: str, content_type: str,
+                                                    status: int) -> None:
+    response = httpx.post(f"{pipeline.url}/upload", data={"user_id": "u"},
+                          files={"file": (name, b"PK\x03\x04 not a document", content_type)})
+    assert response.status_code == status, response.text
+
+
+def test_upload_with_an_invalid_callback_url_is_422(pipeline: Pipeline) -> None:
+    response = httpx.post(f"{pipeline.url}/upload", data={"user_id": "u", "callback_url": "not a url"},
+                          files={"file": ("a.txt", b"Some text.", "text/plain")})
+    assert response.status_code == 422 and "callback_url" in response.text
+
+
+def test_a_text_without_sentence_ends_gets_a_bounded_summary(pipeline: Pipeline) -> None:
+    job_id = pipeline.submit(" ".join(["word"] * 20_000))  # 100 KB, one endless "sentence"
+    job = pipeline.wait_for([job_id])[job_id]
+    assert 0 < len(job["summary"]) <= 10_000 and job["meta"]["summary_truncated"] is True
+
+
+def test_credentials_in_a_callback_url_are_never_shown(pipeline: Pipeline) -> None:
+    """The pipeline's callbacks to 127.0.0.1 are refused (a private address): the delivery fails,
+    and neither its error nor anything else in the job's status carries the URL's credentials."""
+    job_id = pipeline.submit(english_text(seed=3), callback_url="http://alice:hunter2@127.0.0.1:9/h?token=s3cr3t")
+    pipeline.wait_for([job_id])
+    deadline = time.monotonic() + 30
+    while (pipeline.job(job_id).get("delivery") or {}).get("state") != "failed" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    shown = httpx.get(f"{pipeline.url}/jobs/{job_id}").text
+    assert '"state":"failed"' in shown
+    assert "hunter2" not in shown and "s3cr3t" not in shown and "alice" not in shown
 
 
 def test_upload_without_file_is_422(pipeline: Pipeline) -> None:

@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     # --- Summarizer --------------------------------------------------------------------------
     summarizer_backend: Literal["textrank", "openai"] = Field("textrank", description="textrank (offline, default) or openai (any OpenAI-compatible API).")
     summary_sentences: int = Field(3, ge=1, le=50, description="Sentences per summary.")
+    max_summary_chars: int = Field(
+        10_000, ge=100, description="Longest summary kept; a longer one (a text without sentence ends) is cut at a word."
+    )
     textrank_max_sentences: int = Field(
         400, ge=10, description="Longer texts are chunked; TextRank cost grows with the square."
     )

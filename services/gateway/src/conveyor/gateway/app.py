@@ -13,6 +13,7 @@ from typing import Annotated
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from conveyor import metrics, tracing
@@ -20,7 +21,7 @@ from conveyor.breakers import DependencyUnavailable
 from conveyor.events import Event, Payload, utcnow
 from conveyor.gateway.lag_exporter import export_lag_forever
 from conveyor.gateway.limits import BodyLimitMiddleware
-from conveyor.gateway.models import Accepted, JobView, SubmitRequest
+from conveyor.gateway.models import MAX_CONTENT_TYPE_CHARS, Accepted, JobView, SubmitRequest
 from conveyor.gateway.observability import ObserveRequests
 from conveyor.kafka.admin import ensure_topics
 from conveyor.kafka.clients import make_producer
@@ -33,10 +34,12 @@ from conveyor.topics import all_topics, input_topic
 log = logging.getLogger(__name__)
 
 UPLOAD_CHUNK = 1024 * 1024
+OCTET_STREAM = "application/octet-stream"
 SUPPORTED_UPLOADS = {
     "text/plain", "text/html", "application/xhtml+xml", "application/pdf", "text/markdown", "text/csv",
-    "application/vnd.openxmlformats-officedocument.wordprocessingml.document", "application/octet-stream",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document", OCTET_STREAM,
 }
+MAX_FILENAME_CHARS = 255
 SUPPORTED_SUFFIXES = (".txt", ".text", ".md", ".csv", ".html", ".htm", ".xhtml", ".pdf", ".docx")
 
 
@@ -128,14 +131,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         user_id: Annotated[str, Form(min_length=1, max_length=256)],
         callback_url: Annotated[str | None, Form()] = None,
     ) -> JSONResponse:
-        content_type = (file.content_type or "application/octet-stream").split(";")[0].strip().lower()
-        filename = file.filename or "upload"
-        if content_type not in SUPPORTED_UPLOADS and not filename.lower().endswith(SUPPORTED_SUFFIXES):
-            raise HTTPException(415, f"unsupported file type {content_type!r} ({filename}); "
+        declared, filename = file.content_type or "", file.filename or "upload"
+        if len(declared) > MAX_CONTENT_TYPE_CHARS or len(filename) > MAX_FILENAME_CHARS \
+                or not declared.isprintable() or not filename.isprintable():
+            raise HTTPException(422, f"the file's content type (at most {MAX_CONTENT_TYPE_CHARS} characters) and "
+                                     f"name (at most {MAX_FILENAME_CHARS}) must be short, printable text")
+        content_type = (declared or OCTET_STREAM).split(";")[0].strip().lower()
+        # Without a real type (octet-stream), the name's suffix has to say it is a supported document.
+        named = filename.lower().endswith(SUPPORTED_SUFFIXES)
+        if (content_type not in SUPPORTED_UPLOADS and not named) or (content_type == OCTET_STREAM and not named):
+            raise HTTPException(415, f"unsupported file type {content_type!r} ({filename[:100]}); "
                                      "send HTML, PDF, DOCX or plain text")
         if callback_url is not None:
-            callback_url = str(SubmitRequest.model_validate(
-                {"user_id": user_id, "content": "-", "callback_url": callback_url}).callback_url)
+            try:
+                callback_url = str(SubmitRequest.model_validate(
+                    {"user_id": user_id, "content": "-", "callback_url": callback_url}).callback_url)
+            except ValidationError as exc:
+                raise RequestValidationError(exc.errors()) from None
         size = file.size or 0
         if size >= settings.claim_check_bytes or size == 0:
             try:

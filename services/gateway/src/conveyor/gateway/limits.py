@@ -7,8 +7,9 @@ import json
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(BaseException):
+    """Raised from `receive` past the limit. A BaseException, so that the framework's body parsing,
+    which turns any Exception into a 400, lets it through to this middleware's 413."""
 
 
 class BodyLimitMiddleware:

@@ -10,11 +10,17 @@ from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 from conveyor.stores.base import Delivery, JobState, StageProgress
 
 
+MAX_CONTENT_TYPE_CHARS = 200
+# type/subtype, optional parameters; printable ASCII only, so no header or log line can be forged.
+CONTENT_TYPE_PATTERN = r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(;[ -~]*)?$"
+
+
 class SubmitRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user_id: str = Field(min_length=1, max_length=256, examples=["u1"])
     content: str = Field(min_length=1, description="Document text (or HTML).")
-    content_type: str = Field("text/plain", description="e.g. text/plain or text/html.")
+    content_type: str = Field("text/plain", max_length=MAX_CONTENT_TYPE_CHARS, pattern=CONTENT_TYPE_PATTERN,
+                              description="e.g. text/plain or text/html.")
     callback_url: HttpUrl | None = Field(None, description="POSTed the signed result when done.")
 
 

@@ -57,7 +57,7 @@ async def check_target(url: str, *, allow_private: bool) -> None:
     """Refuse non-HTTP URLs and hosts resolving to loopback, private or link-local addresses."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise PermanentError(f"callback_url must be an http(s) URL, got {url!r}")
+        raise PermanentError(f"callback_url must be an http(s) URL, not {parts.scheme or 'no scheme'!r}")
     if allow_private:
         return
     try:

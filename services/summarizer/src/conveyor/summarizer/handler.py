@@ -11,6 +11,7 @@ from conveyor.settings import Settings
 from conveyor.stores.base import JobStore
 from conveyor.stores.blobs import BlobStore
 from conveyor.summarizer.backends import make_backend
+from conveyor.summarizer.text import cut_at_word
 
 
 def build_stage(settings: Settings, store: JobStore, blobs: BlobStore, resources: AsyncExitStack) -> Stage:
@@ -20,9 +21,11 @@ def build_stage(settings: Settings, store: JobStore, blobs: BlobStore, resources
     async def summarize(event: Event) -> Event:
         text = (await payload_bytes(event.payload, blobs)).decode("utf-8")
         summary = await backend.summarize(text, sentences=settings.summary_sentences)
-        meta = {**event.meta, "backend": summary.backend, **summary.meta}
+        # A text with no sentence ends is one long "sentence": the summary stays bounded anyway.
+        summary_text, cut = cut_at_word(summary.text, settings.max_summary_chars)
+        meta = {**event.meta, "backend": summary.backend, **summary.meta, **({"summary_truncated": True} if cut else {})}
         # The notifier needs only the summary: the text stays behind.
-        return event.next("notifier", payload=Payload(), summary=summary.text, meta=meta)
+        return event.next("notifier", payload=Payload(), summary=summary_text, meta=meta)
 
     # Skipping finished jobs on redelivery saves a second LLM call.
     return Stage("summarizer", summarize, skip_done=True, blocked=backend.blocked)

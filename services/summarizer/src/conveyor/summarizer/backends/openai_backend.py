@@ -25,6 +25,7 @@ from conveyor.errors import PermanentError, TransientError
 from conveyor.metrics import LLM_LATENCY, LLM_TOKENS
 from conveyor.pacing import Pace
 from conveyor.settings import Settings
+from conveyor.summarizer.text import cut_at_word
 
 from .base import Summary, SummarizerBackend
 
@@ -103,7 +104,7 @@ class OpenAIBackend(SummarizerBackend):
         return None
 
     async def summarize(self, text: str, *, sentences: int) -> Summary:
-        prompt, truncated = _truncate(text, self._max_input_chars)
+        prompt, truncated = cut_at_word(text, self._max_input_chars)
         tokens = len(prompt) / CHARACTERS_PER_TOKEN + TOKENS_PER_SENTENCE * sentences
         unavailable: DependencyUnavailable | None = None
         for endpoint in self.endpoints:
@@ -210,12 +211,3 @@ def _record_usage(completion: ChatCompletion) -> None:
     if usage is not None:
         LLM_TOKENS.labels(kind="prompt").inc(usage.prompt_tokens or 0)
         LLM_TOKENS.labels(kind="completion").inc(usage.completion_tokens or 0)
-
-
-def _truncate(text: str, limit: int) -> tuple[str, bool]:
-    """At most `limit` characters, cut at a word boundary when one is near the end."""
-    if len(text) <= limit:
-        return text, False
-    cut = text[:limit]
-    space = cut.rfind(" ", max(0, limit - 200))
-    return (cut[:space] if space > 0 else cut), True
