@@ -83,13 +83,13 @@ def test_an_llm_outage_fails_nothing_sees_only_probes_and_every_job_completes_af
         broker: str, tmp_path, openai_server: FakeOpenAI, mode: str, outage: float) -> None:
     jobs = 200
     provider = Outage(openai_server, mode)
-    metrics_port = free_port()
     pipeline = Pipeline(broker, tmp_path, extra_env={
         "CONVEYOR_SUMMARIZER_BACKEND": "openai", "CONVEYOR_OPENAI_BASE_URL": openai_server.url,
         "CONVEYOR_MAX_ATTEMPTS": "3", "CONVEYOR_RETRY_MAX_SECONDS": "5",
     })
     try:
         pipeline.start_gateway()
+        metrics_port = free_port()  # picked once the gateway holds its port, so it cannot be the same
         pipeline.start_worker("extractor")
         pipeline.start_worker("summarizer", env={"CONVEYOR_METRICS_PORT": str(metrics_port)})
         pipeline.start_worker("notifier")

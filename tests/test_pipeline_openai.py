@@ -21,7 +21,6 @@ def metric(text: str, name: str) -> float:
 
 
 def test_jobs_complete_through_429_500_and_timeouts(broker: str, tmp_path, openai_server: FakeOpenAI) -> None:
-    metrics_port = free_port()
     pipeline = Pipeline(broker, tmp_path, extra_env={
         "CONVEYOR_SUMMARIZER_BACKEND": "openai",
         "CONVEYOR_OPENAI_BASE_URL": openai_server.url,
@@ -29,6 +28,7 @@ def test_jobs_complete_through_429_500_and_timeouts(broker: str, tmp_path, opena
         "CONVEYOR_MAX_ATTEMPTS": "6",
     })
     pipeline.start_gateway()
+    metrics_port = free_port()  # picked once the gateway holds its port, so it cannot be the same
     pipeline.start_worker("extractor")
     pipeline.start_worker("summarizer", env={"CONVEYOR_METRICS_PORT": str(metrics_port)})
     pipeline.start_worker("notifier")

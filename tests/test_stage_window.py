@@ -16,6 +16,7 @@ import pytest
 from conveyor.breakers import Breaker, DependencyFailure
 from conveyor.errors import PermanentError
 from conveyor.events import DeadLetter, Event, Payload
+from conveyor.kafka import stage as stage_module
 from conveyor.kafka.stage import Stage, StageWorker
 from conveyor.settings import Settings
 from conveyor.stores.base import JobRecord, StageState
@@ -132,7 +133,10 @@ async def test_a_slow_record_holds_back_only_its_own_partitions_commit_point(tmp
         await eventually(lambda: h.consumer.committed_position(0) == 21)
 
 
-async def test_retries_wait_outside_the_window_and_new_records_keep_flowing(tmp_path: Path) -> None:
+async def test_retries_wait_outside_the_window_and_new_records_keep_flowing(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # Full jitter can make a backoff nearly 0; here every retry waits its whole ceiling of 1 s.
+    monkeypatch.setattr(stage_module, "backoff_delay", lambda attempt, *, base, cap: cap)
     calls: dict[str, int] = {}
 
     async def handler(event: Event) -> Event:
@@ -142,7 +146,7 @@ async def test_retries_wait_outside_the_window_and_new_records_keep_flowing(tmp_
         return event.next("summarizer")
 
     # One handler slot: if a retry wait held it, nothing else could run meanwhile.
-    h = Harness(tmp_path, handler, concurrency=1, retry_base_seconds=0.2, retry_max_seconds=0.2, max_attempts=5)
+    h = Harness(tmp_path, handler, concurrency=1, retry_base_seconds=1.0, retry_max_seconds=1.0, max_attempts=5)
     await h.add("flaky")
     async with h.running():
         await eventually(lambda: calls.get("flaky") == 1)
