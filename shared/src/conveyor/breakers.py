@@ -21,6 +21,7 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 
 from conveyor import metrics
+from conveyor.changes import Changes
 from conveyor.events import utcnow
 from conveyor.settings import Settings
 
@@ -72,7 +73,7 @@ class Breaker:
         self._next_probe = 0.0
         self._probing = False
         self._probe_claimed_until = 0.0
-        self._changed = asyncio.Event()
+        self._changes = Changes()
         self._gauge = metrics.CIRCUIT_OPEN.labels(name)
         self._gauge.set(0)
 
@@ -112,19 +113,14 @@ class Breaker:
             if not self._probing and now >= self._next_probe and now >= self._probe_claimed_until:
                 self._probe_claimed_until = now + PROBE_CLAIM_SECONDS
                 return
-            changed = self._changed
             wake_at = max(self._next_probe, self._probe_claimed_until)
-            timeout = None if self._probing else max(0.01, wake_at - now)
-            try:
-                await asyncio.wait_for(changed.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
+            await self._changes.wait(None if self._probing else max(0.01, wake_at - now))
 
     def trip(self, reason: str) -> None:
         """Open now, without waiting for the failure threshold (the dependency is known to be down)."""
         if not self.is_open:
             self._open(reason)
-            self._notify()
+            self._changes.notify()
 
     # ------------------------------------------------------------------------- transitions
 
@@ -147,7 +143,7 @@ class Breaker:
             log.info("%s still unavailable (%s); next probe in %gs", self.name, exc, self._interval)
         elif not self.is_open and self._consecutive >= self.failures:
             self._open(f"{self._consecutive} consecutive failures, the last: {exc}")
-        self._notify()
+        self._changes.notify()
 
     def _open(self, why: str) -> None:
         now = self._clock()
@@ -167,16 +163,13 @@ class Breaker:
             self._opened_at = self.opened_since = None
             self._interval = self.probe_seconds
             self._gauge.set(0)
-            self._notify()
+            self._changes.notify()
 
     def _neutral(self) -> None:
         if self._probing:
             self._probing = False
-            self._notify()
+            self._changes.notify()
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
 
 
 class Breakers:

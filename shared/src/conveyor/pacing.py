@@ -12,13 +12,13 @@ and tokens-per-minute budgets are token buckets in front of that.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from conveyor import metrics
+from conveyor.changes import Changes
 
 # Successes per unit of limit before the limit grows by one: slow growth keeps 429s rare once
 # the provider's capacity is found (about one per GROWTH_PATIENCE * limit calls).
@@ -69,7 +69,7 @@ class Pace:
         self._requests = Budget(requests_per_minute, burst=max_concurrency, clock=clock) if requests_per_minute else None
         self._tokens = Budget(tokens_per_minute, burst=tokens_per_minute / 6, clock=clock) if tokens_per_minute else None
         self._outcomes: deque[tuple[int, bool]] = deque(maxlen=OUTCOME_WINDOW)  # (level, refused)
-        self._changed = asyncio.Event()
+        self._changes = Changes()
         self._gauge = metrics.LLM_CONCURRENCY_LIMIT.labels(name)
         self._gauge.set(self.limit)
 
@@ -82,11 +82,7 @@ class Pace:
         """Hold one call's place; waits while the endpoint is at its limit, held, or over budget.
         Yields the call's level: the calls in flight when it started, itself included."""
         while (delay := self._delay(tokens)) != 0:
-            changed = self._changed
-            try:
-                await asyncio.wait_for(changed.wait(), None if delay is None else delay)
-            except asyncio.TimeoutError:
-                pass
+            await self._changes.wait(delay)
         self._in_flight += 1
         if self._requests:
             self._requests.spend(1)
@@ -96,7 +92,7 @@ class Pace:
             yield self._in_flight
         finally:
             self._in_flight -= 1
-            self._notify()
+            self._changes.notify()
 
     def rate_limited(self, retry_after: float | None, *, level: int) -> None:
         """A 429 arrived for a call made at `level` calls in flight."""
@@ -122,7 +118,7 @@ class Pace:
             self.limit += 1
             self._successes = 0
             self._gauge.set(self.limit)
-            self._notify()
+            self._changes.notify()
 
     def _delay(self, tokens: float) -> float | None:
         """0 when a call may start now; else seconds to wait (None: until something changes)."""
@@ -134,7 +130,3 @@ class Pace:
         waits = [budget.wait_for(amount) for budget, amount in ((self._requests, 1), (self._tokens, tokens))
                  if budget is not None and amount]
         return max(waits, default=0.0)
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()

@@ -51,7 +51,6 @@ class Deliveries:
         self._host_slots: dict[str, asyncio.Semaphore] = {}
         self._down_hosts: set[str] = set()  # hosts with deliveries waiting while their breaker is open
         self._suspect_hosts: set[str] = set()  # hosts with deliveries waiting when this process started
-        self._probing_hosts: set[str] = set()
         self._probes: dict[str, str] = {}  # job id -> the suspect host its delivery probes
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -60,10 +59,6 @@ class Deliveries:
 
     async def first_attempt(self, record: JobRecord, url: str) -> None:
         """The handler's POST; what the host does not take goes on the schedule."""
-        host = delivery_host(url)
-        if not self.breaker(host).usable():
-            await self._retry_later(record, host, called=False, error=f"webhook {host} is unavailable")
-            return
         await self._attempt(record, url)
 
     async def run(self) -> None:
@@ -84,13 +79,11 @@ class Deliveries:
     async def _round(self) -> None:
         now = time.time()
         claimed = await self._store.claim_due_deliveries(now, limit=BATCH, lease_seconds=LEASE_SECONDS)
-        for host in list(self._suspect_hosts - self._probing_hosts):
+        for host in list(self._suspect_hosts - set(self._probes.values())):
             probe = await self._store.claim_host_deliveries(host, now, limit=1, lease_seconds=LEASE_SECONDS)
             if not probe:
                 self._suspect_hosts.discard(host)
-            for job_id in probe:
-                self._probing_hosts.add(host)
-                self._probes[job_id] = host
+            self._probes.update(dict.fromkeys(probe, host))
             claimed += probe
         for host in list(self._down_hosts):
             breaker = self.breaker(host)
@@ -112,32 +105,26 @@ class Deliveries:
     def _finished(self, task: asyncio.Task[None], job_id: str) -> None:
         self._tasks.discard(task)
         self._sending.discard(job_id)
-        host = self._probes.pop(job_id, None)
-        if host is not None:
-            self._probing_hosts.discard(host)  # a probe that never reached the host: the next round picks another
+        # Settled, or it never reached its host (the delivery was done meanwhile): a suspect host
+        # left unsettled gets another probe next round.
+        self._probes.pop(job_id, None)
 
     async def _resend(self, job_id: str) -> None:
         async with self._slots:
             record = await self._store.get(job_id)
-            waiting = record is not None and record.delivery is not None \
-                and record.delivery.state == DeliveryState.waiting
-            if not waiting or record is None or not record.callback_url:
+            if record is None or not record.callback_url or record.delivery is None \
+                    or record.delivery.state != DeliveryState.waiting:
                 await self._store.unschedule_delivery(job_id)  # delivered, failed or gone meanwhile
                 return
-            host = delivery_host(record.callback_url)
-            if not self.breaker(host).usable():
-                await self._retry_later(record, host, called=False, error=f"webhook {host} is unavailable")
-                return
-            await self._attempt(record, record.callback_url)
+            await self._attempt(record, record.callback_url, probe=job_id in self._probes)
 
-    async def _attempt(self, record: JobRecord, url: str) -> None:
+    async def _attempt(self, record: JobRecord, url: str, *, probe: bool = False) -> None:
         host = delivery_host(url)
         delivered = False
         try:
             delivered = await self._post(record, url, host)
         finally:
-            if host in self._probing_hosts:  # a suspect host's first probe settles it
-                self._probing_hosts.discard(host)
+            if probe:  # a suspect host's first probe settles it
                 self._suspect_hosts.discard(host)
                 if not delivered:
                     self.breaker(host).trip("it was down before this notifier started, and still is")
@@ -148,7 +135,8 @@ class Deliveries:
         status = None
         host_slots = self._host_slots.setdefault(host, asyncio.Semaphore(self._settings.webhook_host_concurrency))
         try:
-            async with host_slots, self.breaker(host).call():
+            # The breaker first: while it is open, nothing waits for a connection slot.
+            async with self.breaker(host).call(), host_slots:
                 try:
                     await check_target(url, allow_private=self._settings.webhook_allow_private)
                     await deliver(self._client, url, result_body(record), webhook=self._webhook,
