@@ -1,7 +1,9 @@
 """Ingest: POST /submit requests/s and latency with durable acks, against a no-op FastAPI endpoint.
 
 Both servers run as one uvicorn process each; wrk (Debian package) drives them from another
-process over loopback with the same 2 KB JSON body.
+process over loopback with the same 2 KB JSON body and the same Authorization header (the
+gateway checks the API key, its tenant's rate and quota; the limits are set high enough not to
+refuse any request, so what is measured is the accepting path).
 
     python bench/ingest.py --seconds 10 --connections 32
 """
@@ -25,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from documents import english_text  # noqa: E402
 
 from conveyor.cli.embedded_broker import EmbeddedBroker, free_port  # noqa: E402
+from conveyor.credentials import add_key  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -40,10 +43,11 @@ def wait_until_up(url: str, timeout: float = 30) -> None:
     raise TimeoutError(url)
 
 
-def run_wrk(url: str, body_file: Path, seconds: int, connections: int) -> dict[str, float]:
+def run_wrk(url: str, body_file: Path, seconds: int, connections: int, key: str) -> dict[str, float]:
     script = body_file.with_suffix(".lua")
     script.write_text(
         'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f'wrk.headers["Authorization"] = "Bearer {key}"\n'
         f'local f = io.open("{body_file}", "r")\nwrk.body = f:read("*a")\nf:close()\n'
     )
     output = subprocess.run(
@@ -70,8 +74,10 @@ def main() -> None:
         body = Path(tmp) / "body.json"
         body.write_text(json.dumps({"user_id": "bench", "content": english_text(seed=1)[:2000]}))
         noop_port, gateway_port = free_port(), free_port()
+        key, _ = add_key(Path(tmp) / "api-keys.json", "bench")
         env = {**os.environ, "CONVEYOR_BOOTSTRAP_SERVERS": broker.bootstrap, "CONVEYOR_HOME": tmp,
-               "CONVEYOR_GATEWAY_PORT": str(gateway_port), "CONVEYOR_LOG_LEVEL": "WARNING"}
+               "CONVEYOR_GATEWAY_PORT": str(gateway_port), "CONVEYOR_LOG_LEVEL": "WARNING",
+               "CONVEYOR_TENANT_REQUESTS_PER_SECOND": "1000000", "CONVEYOR_TENANT_MAX_ACTIVE_JOBS": "1000000000"}
         servers = [
             subprocess.Popen([sys.executable, "-m", "uvicorn", "noop_app:app", "--port", str(noop_port),
                               "--log-level", "warning", "--no-access-log"], cwd=HERE),
@@ -83,9 +89,9 @@ def main() -> None:
             print(f"wrk: {args.connections} connections, {args.seconds}s, 2 KB JSON", file=sys.stderr)
             results = {
                 "no-op FastAPI endpoint (baseline)": run_wrk(f"http://127.0.0.1:{noop_port}/submit", body,
-                                                             args.seconds, args.connections),
+                                                             args.seconds, args.connections, key),
                 "conveyor POST /submit (acks=all)": run_wrk(f"http://127.0.0.1:{gateway_port}/submit", body,
-                                                             args.seconds, args.connections),
+                                                             args.seconds, args.connections, key),
             }
         finally:
             for server in servers:
@@ -96,7 +102,7 @@ def main() -> None:
     for name, r in results.items():
         print(f"| {name:<35} | {r['rate']:8.0f} | {r['p50']:8.1f} | {r['p99']:8.1f} | {r['non2xx']:7d} |")
     base, ours = results.values()
-    print(f"\nconveyor / no-op rate: {ours['rate'] / base['rate']:.2f} (target >= 0.60)")
+    print(f"\nconveyor / no-op rate: {ours['rate'] / base['rate']:.2f} (goal >= 0.85)")
 
 
 if __name__ == "__main__":

@@ -294,6 +294,16 @@ def gateway() -> dict[str, Any]:
                    targets((f"sum by (kind) (rate(conveyor_jobs_submitted_total{{{NS}}}[{RATE}]))", "{{kind}}")),
                    unit="ops", width=12),
 
+        row("Admission"),
+        timeseries("Refused / s by reason",
+                   "Requests turned away before any work: unauthenticated (401), rate_limited and quota (429), "
+                   "overloaded (503, the pipeline past CONVEYOR_MAX_PIPELINE_LAG).",
+                   targets((f"sum by (reason) (rate(conveyor_http_refused_total{{{NS}}}[{RATE}]))", "{{reason}}")),
+                   unit="reqps", stack=True, width=12),
+        timeseries("Pipeline backlog", "Records waiting in the most backed-up stage, as the gateway measures it "
+                   "(what CONVEYOR_MAX_PIPELINE_LAG is compared with).",
+                   targets((f"max(conveyor_pipeline_backlog{{{NS}}})", "backlog")), width=12),
+
         row("Latency"),
         timeseries("p95 by route", "95th percentile latency per route.",
                    targets((f"histogram_quantile(0.95, sum by (route, le) "

@@ -14,6 +14,8 @@ from pathlib import Path
 import httpx
 
 from conveyor.cli.embedded_broker import free_port
+from conveyor.cli.local_credentials import local_api_key
+from conveyor.credentials import add_key
 
 
 def wait_until_ready(url: str, *, timeout: float) -> bool:
@@ -37,6 +39,31 @@ class Pipeline:
     prefix: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:8]}")
     port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    api_key: str = ""
+    operations_port: int = 0  # the gateway's metrics and docs; picked when it starts
+
+    def __post_init__(self) -> None:
+        # As `conveyor up` does: the default tenant's key in <home>/api-key, which the CLI uses.
+        self.api_key = local_api_key(self.home, self.home / "api-keys.json")[0]
+
+    def add_key(self, tenant: str) -> str:
+        """A new API key of `tenant`, in the key file the gateway reads."""
+        return add_key(self.home / "api-keys.json", tenant, name="test")[0]
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.api_key}"}
+
+    @property
+    def client(self) -> httpx.Client:
+        """An HTTP client of the gateway that sends the default tenant's key."""
+        if getattr(self, "_client", None) is None:
+            self._client = httpx.Client(base_url=self.url, headers=self.headers, timeout=30)
+        return self._client
+
+    @property
+    def operations_url(self) -> str:
+        return f"http://127.0.0.1:{self.operations_port}"
 
     @property
     def url(self) -> str:
@@ -68,7 +95,8 @@ class Pipeline:
         return process
 
     def start_gateway(self) -> None:
-        self.start("gateway", "gateway")
+        self.operations_port = self.operations_port or free_port()
+        self.start("gateway", "gateway", env={"CONVEYOR_METRICS_PORT": str(self.operations_port)})
         if not wait_until_ready(self.url, timeout=30):
             raise TimeoutError(f"gateway not ready; log:\n{self.log('gateway')}")
 
@@ -101,12 +129,13 @@ class Pipeline:
             self.processes.pop(name, None)
 
     def submit(self, content: str, **extra: object) -> str:
-        response = httpx.post(f"{self.url}/submit", json={"user_id": "u1", "content": content, **extra}, timeout=30)
+        response = httpx.post(f"{self.url}/submit", json={"user_id": "u1", "content": content, **extra},
+                              headers=self.headers, timeout=30)
         assert response.status_code == 202, response.text
         return response.json()["job_id"]
 
     def job(self, job_id: str) -> dict:
-        return httpx.get(f"{self.url}/jobs/{job_id}", timeout=30).json()
+        return httpx.get(f"{self.url}/jobs/{job_id}", headers=self.headers, timeout=30).json()
 
     def wait_for(self, job_ids: list[str], *, timeout: float = 120, states: tuple[str, ...] = ("completed",)) -> dict[str, dict]:
         deadline = time.monotonic() + timeout

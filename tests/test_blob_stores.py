@@ -100,6 +100,7 @@ async def test_an_unreachable_s3_is_a_dependency_outage_and_its_breaker_opens() 
 async def test_the_gateway_answers_503_with_retry_after_while_the_blob_store_is_down(broker: str, tmp_path) -> None:
     import httpx
 
+    from conveyor.credentials import add_key
     from conveyor.gateway.app import create_app
     from conveyor.settings import Settings
 
@@ -109,9 +110,11 @@ async def test_the_gateway_answers_503_with_retry_after_while_the_blob_store_is_
     settings = Settings(bootstrap_servers=broker, topic_prefix=f"bl{os.urandom(3).hex()}", home=tmp_path,
                         blob_store="s3", s3_endpoint_url=f"http://127.0.0.1:{free_port()}", claim_check_bytes=10,
                         lag_interval_seconds=0)
+    key, _ = add_key(tmp_path / "api-keys.json", "default")
     app = create_app(settings)
     async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway",
+                                     headers={"authorization": f"Bearer {key}"}) as client:
             answer = await client.post("/submit", json={"user_id": "u1", "content": "a document too big to inline"})
 
     assert answer.status_code == 503

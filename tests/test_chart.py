@@ -307,7 +307,7 @@ def test_secret_holds_only_what_is_set() -> None:
 def test_existing_secret_is_used_everywhere() -> None:
     values = {"secrets": {"existingSecret": "creds"}, "kafka": {"securityProtocol": "SASL_SSL"}}
     manifests = k8s.render(values)
-    assert manifests.of("Secret") == []
+    assert [s["metadata"]["name"] for s in manifests.of("Secret")] == [f"{k8s.RELEASE}-api-keys"]
     for component in COMPONENTS:
         container = manifests.deployment_for(component)["spec"]["template"]["spec"]["containers"][0]
         assert {"secretRef": {"name": "creds"}} in container["envFrom"]
@@ -374,8 +374,8 @@ def test_gateway_probes_hit_real_routes(rendered: dict[str, k8s.Manifests]) -> N
         assert path in routes
         assert port == int(config["CONVEYOR_GATEWAY_PORT"])
     service = manifests.get("Service", f"{k8s.RELEASE}-gateway")
-    assert service["spec"]["ports"][0]["targetPort"] == "http"
-    assert "/metrics" in routes
+    assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]  # nothing but the API is public
+    assert not routes & {"/metrics", "/docs", "/openapi.json"}
 
 
 async def test_worker_probes_hit_real_endpoints(rendered: dict[str, k8s.Manifests]) -> None:
@@ -421,8 +421,9 @@ def test_network_policies(name: str, rendered: dict[str, k8s.Manifests]) -> None
         deployment = manifests.deployment_for(component)
         (policy,) = [p for p in policies if _pod_matches(p, deployment)]
         assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
-        (ingress,) = policy["spec"]["ingress"]
-        assert [p["port"] for p in ingress["ports"]] == [8000 if component == "gateway" else 9100]
+        # The API port of the gateway, and every component's metrics port (the gateway's docs too).
+        assert [[p["port"] for p in rule["ports"]] for rule in policy["spec"]["ingress"]] == \
+            ([[8000], [9100]] if component == "gateway" else [[9100]])
         ports = _egress_ports(policy)
         assert 53 in ports and 9093 in ports
         rules = policy["spec"]["egress"]
@@ -576,3 +577,44 @@ def test_every_value_is_typed_and_documented() -> None:
     docs = (k8s.REPO / "docs" / "kubernetes.md").read_text()
     missing_in_docs = [row.path for row in rows if f"| `{row.path}` |" not in docs]
     assert not missing_in_docs, f"values missing from the table in docs/kubernetes.md: {missing_in_docs}"
+
+
+# --------------------------------------------------------------------------- credentials
+
+def test_the_generated_api_key_matches_its_hash_and_the_gateway_reads_it(tmp_path) -> None:
+    """The chart's own key is one the gateway's key file accepts: same format, same hash, same tenant."""
+    import base64
+
+    from conveyor.credentials import KeyRing
+
+    manifests = k8s.render({"auth": {"defaultTenant": "acme"}})
+    secret = manifests.get("Secret", f"{k8s.RELEASE}-api-keys")
+    data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    (tmp_path / "api-keys.json").write_text(data["api-keys.json"])
+    entry = KeyRing(tmp_path / "api-keys.json").verify(data["api-key"])
+    assert entry is not None and entry.tenant == "acme"
+    config = manifests.get("ConfigMap", f"{k8s.RELEASE}-config")["data"]
+    gateway = manifests.deployment_for("gateway")["spec"]["template"]["spec"]
+    (mount,) = [m for m in gateway["containers"][0]["volumeMounts"] if m["name"] == "api-keys"]
+    assert config["CONVEYOR_API_KEYS_FILE"] == f"{mount['mountPath']}/api-keys.json" and "subPath" not in mount
+    (volume,) = [v for v in gateway["volumes"] if v["name"] == "api-keys"]
+    assert volume["secret"]["secretName"] == f"{k8s.RELEASE}-api-keys"
+    for component in WORKERS:
+        volumes = manifests.deployment_for(component)["spec"]["template"]["spec"]["volumes"]
+        assert "api-keys" not in {v["name"] for v in volumes}, f"{component} has no business with API keys"
+
+
+def test_an_existing_api_key_secret_is_mounted_instead() -> None:
+    manifests = k8s.render({"auth": {"existingSecret": "our-keys"}})
+    assert f"{k8s.RELEASE}-api-keys" not in {s["metadata"]["name"] for s in manifests.of("Secret")}
+    gateway = manifests.deployment_for("gateway")["spec"]["template"]["spec"]
+    (volume,) = [v for v in gateway["volumes"] if v["name"] == "api-keys"]
+    assert volume["secret"]["secretName"] == "our-keys"
+
+
+def test_the_gateway_metrics_are_scraped_off_its_public_service() -> None:
+    manifests = k8s.render({"serviceMonitor": {"enabled": True}})
+    (monitor,) = manifests.of("ServiceMonitor")
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+    service = manifests.get("Service", f"{k8s.RELEASE}-gateway-metrics")
+    assert service["spec"]["clusterIP"] == "None" and service["spec"]["ports"][0]["port"] == 9100

@@ -61,10 +61,14 @@ def test_up_runs_the_pipeline_and_stops_cleanly(tmp_path) -> None:
         output = up.stdout.read()
         assert f"gateway    {url.replace('127.0.0.1', '127.0.0.1')}" in output
         assert "stopped 6 process(es)" in output
-        # Webhooks are signed with a key made for this home, never a known default.
+        # Webhooks are signed with secrets derived from a master made for this home, and the CLI
+        # authenticates with a key made for it: never a known default.
         key_file = tmp_path / "state" / "webhook-secret"
         assert key_file.read_text().startswith("whsec_") and key_file.stat().st_mode & 0o777 == 0o600
-        assert f"webhook key {key_file}" in output
+        assert f"webhook master secret {key_file}" in output
+        api_key = tmp_path / "state" / "api-key"
+        assert api_key.read_text().startswith("cvk_") and api_key.stat().st_mode & 0o777 == 0o600
+        assert f"API key    {api_key}" in output
         assert not (tmp_path / "state" / "up.json").exists(), "a stopped instance is not advertised"
         assert all(not c.is_running() or c.status() == psutil.STATUS_ZOMBIE for c in children)
     finally:

@@ -72,6 +72,19 @@ def test_garbage_bytes_go_to_the_dlq_and_the_worker_keeps_going(pipeline: Pipeli
     assert {l.original() for l in letters} == set(GARBAGE)  # byte for byte
     assert pipeline.processes["extractor-1"].poll() is None
 
+    # Dead letters carry their job's tenant, and an operator lists or replays one tenant's alone.
+    acme = pipeline.add_key("acme")
+    unusable = pipeline.client.post("/upload", data={"user_id": "u"}, headers={"authorization": f"Bearer {acme}"},
+                                    files={"file": ("scan.txt", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8,
+                                                    "text/plain")})
+    failed_job = unusable.json()["job_id"]
+    deadline = time.monotonic() + 60
+    while len(asyncio.run(read_dead_letters(settings, "extractor"))) < 4 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    listed = run_cli(pipeline, "dlq", "list", "extractor", "--tenant", "acme").splitlines()
+    assert len(listed) == 1 and f"job={failed_job}" in listed[0]
+    assert run_cli(pipeline, "dlq", "list", "extractor", "--tenant", "default").strip() == ""
+
 
 def test_a_webhook_refused_past_its_schedule_fails_keeps_its_summary_and_can_be_resent(
         broker: str, tmp_path, receiver: WebhookReceiver) -> None:

@@ -248,8 +248,8 @@ async def test_keys_carry_the_prefix(redis_url: str) -> None:
     await store.create(record)
     sync = SyncRedis.from_url(redis_url, decode_responses=True)
     try:
-        keys = sync.keys(f"{store.prefix}*")
-        assert keys == [f"{store.prefix}abc"]
+        keys = sorted(sync.keys(f"{store.prefix}*"))
+        assert keys == [f"{store.prefix}abc", f"{store.prefix}active:default"]  # the job, its tenant's active set
         assert sync.ttl(keys[0]) == -1  # no TTL unless asked for
     finally:
         sync.close()
@@ -390,3 +390,24 @@ async def test_waiting_gives_back_the_interrupted_attempt_and_names_the_dependen
     await store.update_stage(record.job_id, "summarizer", StageState.done, attempts=1)
     done = await store.get(record.job_id)
     assert done is not None and done.state == JobState.running and done.stages["summarizer"].waiting_for is None
+
+
+async def test_active_jobs_count_a_tenants_unfinished_jobs(store: JobStore) -> None:
+    ids = [uuid.uuid4().hex for _ in range(4)]
+    for job_id in ids[:3]:
+        await store.create(_record(job_id, tenant="acme"))
+    await store.create(_record(ids[3], tenant="globex"))
+    await store.create(_record(ids[0], tenant="acme"))  # a repeated create counts once
+    assert (await store.active_jobs("acme"), await store.active_jobs("globex"), await store.active_jobs("x")) == (3, 1, 0)
+
+    await store.complete(ids[0], summary="s")
+    await store.update_stage(ids[1], "extractor", StageState.failed, attempts=1, error="bad")
+    await store.update_stage(ids[2], "extractor", StageState.waiting, attempts=0, waiting_for="llm")
+    assert await store.active_jobs("acme") == 1  # waiting is unfinished; completed and failed are not
+
+    # A replayed dead letter brings the failed job back, and its count with it.
+    await store.update_stage(ids[1], "extractor", StageState.running, attempts=1)
+    assert await store.active_jobs("acme") == 2
+    await store.complete(ids[1], summary="s")
+    await store.complete(ids[1], summary="s")  # a redelivered completion
+    assert await store.active_jobs("acme") == 1 and await store.active_jobs("globex") == 1

@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 
-import httpx
 import psutil
 import pytest
 
@@ -37,7 +36,7 @@ def test_25_mb_upload_completes_with_bounded_gateway_memory(broker: str, tmp_pat
 
         sampler = threading.Thread(target=sample)
         sampler.start()
-        response = httpx.post(f"{pipeline.url}/upload", data={"user_id": "u1"},
+        response = pipeline.client.post("/upload", data={"user_id": "u1"},
                               files={"file": ("archive.pdf", document, "application/pdf")}, timeout=120)
         sampling = False
         sampler.join()
@@ -64,7 +63,7 @@ def test_upload_over_the_limit_is_413_before_it_is_stored(broker: str, tmp_path)
     pipeline = Pipeline(broker, tmp_path, extra_env={"CONVEYOR_MAX_UPLOAD_BYTES": str(2 * 1024 * 1024)})
     pipeline.start_gateway()
     try:
-        response = httpx.post(f"{pipeline.url}/upload", data={"user_id": "u1"},
+        response = pipeline.client.post("/upload", data={"user_id": "u1"},
                               files={"file": ("big.txt", b"word " * 600_000, "text/plain")}, timeout=60)
         assert response.status_code == 413
         assert "exceeds" in response.json()["detail"]

@@ -40,11 +40,11 @@ def test_json_submit_completes_with_sentences_from_the_input(pipeline: Pipeline)
 
 
 def test_status_url_points_at_the_job(pipeline: Pipeline) -> None:
-    response = httpx.post(f"{pipeline.url}/submit", json={"user_id": "u2", "content": english_text(seed=2)})
+    response = pipeline.client.post("/submit", json={"user_id": "u2", "content": english_text(seed=2)})
     assert response.status_code == 202
     body = response.json()
     assert body["status"] == "queued"
-    assert httpx.get(body["status_url"]).json()["job_id"] == body["job_id"]
+    assert pipeline.client.get(body["status_url"]).json()["job_id"] == body["job_id"]
 
 
 @pytest.mark.parametrize("kind", ["pdf", "html", "cp1251-text"])
@@ -59,7 +59,7 @@ def test_uploaded_documents_complete(pipeline: Pipeline, kind: str) -> None:
     else:
         text = "Реки региона изменились за десятилетия. Учёные измеряли воду каждый год. " * 3
         files = {"file": ("notes.txt", text.encode("cp1251"), "text/plain")}
-    response = httpx.post(f"{pipeline.url}/upload", data={"user_id": "u3"}, files=files, timeout=30)
+    response = pipeline.client.post("/upload", data={"user_id": "u3"}, files=files, timeout=30)
     assert response.status_code == 202, response.text
     job_id = response.json()["job_id"]
 
@@ -71,7 +71,7 @@ def test_uploaded_documents_complete(pipeline: Pipeline, kind: str) -> None:
 
 def test_unusable_document_fails_with_a_clear_error(pipeline: Pipeline) -> None:
     png = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
-    response = httpx.post(f"{pipeline.url}/upload", data={"user_id": "u4"},
+    response = pipeline.client.post("/upload", data={"user_id": "u4"},
                           files={"file": ("scan.txt", png, "text/plain")})
     assert response.status_code == 202
     job_id = response.json()["job_id"]
@@ -95,22 +95,22 @@ def test_unusable_document_fails_with_a_clear_error(pipeline: Pipeline) -> None:
     ],
 )
 def test_bad_json_gets_a_clear_4xx(pipeline: Pipeline, request_kwargs: dict, status: int, message: str) -> None:
-    response = httpx.post(f"{pipeline.url}/submit", **request_kwargs)
+    response = pipeline.client.post("/submit", **request_kwargs)
     assert response.status_code == status
     assert message in response.text
 
 
 def test_oversized_json_body_is_413(pipeline: Pipeline) -> None:
     huge = "a" * (5 * 1024 * 1024 + 10)
-    response = httpx.post(f"{pipeline.url}/submit", json={"user_id": "u", "content": huge})
+    response = pipeline.client.post("/submit", json={"user_id": "u", "content": huge})
     assert response.status_code == 413
     assert "exceeds" in response.json()["detail"]
     assert 'conveyor_http_requests_total{method="POST",route="unmatched",status="413"}' in \
-        httpx.get(f"{pipeline.url}/metrics").text
+        httpx.get(f"{pipeline.operations_url}/metrics").text
 
 
 def test_unsupported_upload_type_is_415(pipeline: Pipeline) -> None:
-    response = httpx.post(f"{pipeline.url}/upload", data={"user_id": "u"},
+    response = pipeline.client.post("/upload", data={"user_id": "u"},
                           files={"file": ("photo.png", b"\x89PNG....", "image/png")})
     assert response.status_code == 415
     assert "unsupported file type" in response.json()["detail"]
@@ -121,7 +121,7 @@ def test_oversized_chunked_body_is_413(pipeline: Pipeline) -> None:
         for _ in range(6):
             yield b"x" * (1024 * 1024)
 
-    response = httpx.post(f"{pipeline.url}/submit", content=chunks(), headers={"content-type": "application/json"})
+    response = pipeline.client.post("/submit", content=chunks(), headers={"content-type": "application/json"})
     assert response.status_code == 413
 
 
@@ -133,13 +133,13 @@ def test_oversized_chunked_body_is_413(pipeline: Pipeline) -> None:
 ])
 def test_uploads_that_cannot_be_documents_get_a_4xx(pipeline: Pipeline, name: str, content_type: str,
                                                     status: int) -> None:
-    response = httpx.post(f"{pipeline.url}/upload", data={"user_id": "u"},
+    response = pipeline.client.post("/upload", data={"user_id": "u"},
                           files={"file": (name, b"PK\x03\x04 not a document", content_type)})
     assert response.status_code == status, response.text
 
 
 def test_upload_with_an_invalid_callback_url_is_422(pipeline: Pipeline) -> None:
-    response = httpx.post(f"{pipeline.url}/upload", data={"user_id": "u", "callback_url": "not a url"},
+    response = pipeline.client.post("/upload", data={"user_id": "u", "callback_url": "not a url"},
                           files={"file": ("a.txt", b"Some text.", "text/plain")})
     assert response.status_code == 422 and "callback_url" in response.text
 
@@ -158,30 +158,34 @@ def test_credentials_in_a_callback_url_are_never_shown(pipeline: Pipeline) -> No
     deadline = time.monotonic() + 30
     while (pipeline.job(job_id).get("delivery") or {}).get("state") != "failed" and time.monotonic() < deadline:
         time.sleep(0.2)
-    shown = httpx.get(f"{pipeline.url}/jobs/{job_id}").text
+    shown = pipeline.client.get(f"/jobs/{job_id}").text
     assert '"state":"failed"' in shown
     assert "hunter2" not in shown and "s3cr3t" not in shown and "alice" not in shown
 
 
 def test_upload_without_file_is_422(pipeline: Pipeline) -> None:
-    response = httpx.post(f"{pipeline.url}/upload", data={"user_id": "u"})
+    response = pipeline.client.post("/upload", data={"user_id": "u"})
     assert response.status_code == 422
 
 
 def test_redeliver_answers_4xx_for_what_it_cannot_resend(pipeline: Pipeline) -> None:
-    assert httpx.post(f"{pipeline.url}/jobs/nope/redeliver").status_code == 404
+    assert pipeline.client.post("/jobs/nope/redeliver").status_code == 404
     job_id = pipeline.submit(english_text(seed=2))
     pipeline.wait_for([job_id])
-    answer = httpx.post(f"{pipeline.url}/jobs/{job_id}/redeliver")
+    answer = pipeline.client.post(f"/jobs/{job_id}/redeliver")
     assert answer.status_code == 409 and "no callback_url" in answer.json()["detail"]
 
 
 def test_unknown_job_is_404(pipeline: Pipeline) -> None:
-    assert httpx.get(f"{pipeline.url}/jobs/nope").status_code == 404
+    assert pipeline.client.get("/jobs/nope").status_code == 404
 
 
-def test_probes_and_docs(pipeline: Pipeline) -> None:
+def test_probes_on_the_public_port_docs_and_metrics_off_it(pipeline: Pipeline) -> None:
     assert httpx.get(f"{pipeline.url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{pipeline.url}/readyz").status_code == 200
-    assert "/submit" in httpx.get(f"{pipeline.url}/openapi.json").json()["paths"]
-    assert "conveyor_http_requests_total" in httpx.get(f"{pipeline.url}/metrics").text
+    # Docs and metrics are on the operations port only.
+    assert "/submit" in httpx.get(f"{pipeline.operations_url}/openapi.json").json()["paths"]
+    assert "swagger-ui" in httpx.get(f"{pipeline.operations_url}/docs").text
+    assert "conveyor_http_requests_total" in httpx.get(f"{pipeline.operations_url}/metrics").text
+    for path in ("/metrics", "/openapi.json", "/docs"):
+        assert httpx.get(f"{pipeline.url}{path}", headers=pipeline.headers).status_code == 404

@@ -175,10 +175,12 @@ def stack(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tup
     pipeline = Pipeline(broker, home, extra_env={"CONVEYOR_LAG_INTERVAL_SECONDS": str(LAG_INTERVAL_SECONDS)})
     ports = {stage: free_port() for stage in STAGES}
     # The file `conveyor up` writes, here with the harness's ports.
-    children = [Child(f"{stage}-1", [], {"CONVEYOR_METRICS_PORT": str(port)}, home / f"{stage}-1.log")
-                for stage, port in ports.items()]
+    pipeline.operations_port = free_port()  # the gateway's metrics port
+    children = [Child("gateway", [], {"CONVEYOR_METRICS_PORT": str(pipeline.operations_port)}, home / "gateway.log")]
+    children += [Child(f"{stage}-1", [], {"CONVEYOR_METRICS_PORT": str(port)}, home / f"{stage}-1.log")
+                 for stage, port in ports.items()]
     targets_file = home / "prometheus-targets.json"
-    write_prometheus_targets(targets_file, Settings(gateway_port=pipeline.port), children)
+    write_prometheus_targets(targets_file, children)
 
     # Prometheus first: it applies discovered targets on a 5 s tick, which overlaps process start.
     with LocalPrometheus(targets_file) as prom:

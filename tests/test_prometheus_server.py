@@ -35,11 +35,14 @@ def exporter() -> Iterator[int]:
 def prometheus(exporter: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
     # The same file `conveyor up` writes: gateway and one extractor worker, here both on `exporter`.
     home = tmp_path_factory.mktemp("conveyor-home")
-    settings = Settings(gateway_port=exporter, home=home)
+    settings = Settings(home=home)
     children = plan_children(settings, {"extractor": 1, "summarizer": 0, "notifier": 0},
                              base_metrics_port=exporter, log_dir=home, env={})
+    assert [c.env["CONVEYOR_METRICS_PORT"] for c in children] == [str(exporter), str(exporter + 1)]
+    for child in children:
+        child.env["CONVEYOR_METRICS_PORT"] = str(exporter)
     targets_file = home / "prometheus-targets.json"
-    write_prometheus_targets(targets_file, settings, children)
+    write_prometheus_targets(targets_file, children)
     with PrometheusServer([f"127.0.0.1:{exporter}"], file_sd=[targets_file], rule_files=[RULES]) as server:
         yield server
 

@@ -22,6 +22,7 @@ from conveyor.summarizer.handler import build_stage as build_summarizer
 from conveyor.kafka.admin import ensure_topics
 from conveyor.kafka.stage import StageWorker
 from conveyor.settings import Settings
+from conveyor.credentials import add_key
 from conveyor.stores import open_blob_store, open_job_store
 from conveyor.topics import STAGES, all_topics
 from documents import english_text
@@ -33,6 +34,7 @@ async def test_one_trace_spans_gateway_and_every_stage(broker: str, tmp_path) ->
                         webhook_secret="trace-test-secret",
                         partitions=2, session_timeout_ms=6000, lag_interval_seconds=0, textrank_processes=1)
     await ensure_topics(settings, all_topics(settings.topic_prefix))
+    key, _ = add_key(tmp_path / "api-keys.json", "default")
     app = create_app(settings)
     async with AsyncExitStack() as stack:
         store = open_job_store(settings)
@@ -44,7 +46,8 @@ async def test_one_trace_spans_gateway_and_every_stage(broker: str, tmp_path) ->
         try:
             async with app.router.lifespan_context(app):
                 transport = httpx.ASGITransport(app=app)
-                async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+                async with httpx.AsyncClient(transport=transport, base_url="http://gateway",
+                                             headers={"authorization": f"Bearer {key}"}) as client:
                     answer = await client.post("/submit", json={"user_id": "u1", "content": english_text(seed=9)})
                     job_id = answer.json()["job_id"]
                     for _ in range(600):

@@ -3,7 +3,6 @@ receiver would (the `standardwebhooks` library), and counts deliveries and their
 
 from __future__ import annotations
 
-import base64
 import json
 import threading
 import time
@@ -12,19 +11,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from conveyor.webhook_keys import master_secrets, tenant_secret
+
 
 class _Server(ThreadingHTTPServer):
     request_queue_size = 128  # a real server's listen backlog, not socketserver's 5
 
 
 class WebhookReceiver:
-    def __init__(self, secret: str) -> None:
-        # A receiver is given the whsec_ form of the secret Conveyor signs with.
-        self.verifier = Webhook("whsec_" + base64.b64encode(secret.encode()).decode())
+    def __init__(self, secret: str, *, tenant: str = "default", master: int = 0) -> None:
+        # A receiver is given its tenant's secret (derived from the pipeline's master secret `secret`).
+        self.verifier = Webhook(tenant_secret(master_secrets(secret)[master], tenant))
         self.failing = False
         self.deliveries: Counter[str] = Counter()
         self.ids: dict[str, set[str]] = {}
         self.bad_signatures = 0
+        self.hosts: list[str] = []  # the Host header of every POST
         self.attempts = 0
         receiver = self
 
@@ -36,6 +38,7 @@ class WebhookReceiver:
                     return  # the sender died mid-request (SIGKILL): a dropped connection, not a delivery
                 with receiver._lock:
                     receiver.attempts += 1
+                    receiver.hosts.append(self.headers["host"])
                     if receiver.failing:
                         self.send_response(503)
                         self.end_headers()

@@ -65,6 +65,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-secrets" (include "conveyor.fullname" .)) .Values.secrets.existingSecret -}}
 {{- end -}}
 
+{{- define "conveyor.apiKeysSecretName" -}}
+{{- default (printf "%s-api-keys" (include "conveyor.fullname" .)) .Values.auth.existingSecret -}}
+{{- end -}}
+
 {{- define "conveyor.stateClaimName" -}}
 {{- default (printf "%s-state" (include "conveyor.fullname" .)) .Values.persistence.existingClaim -}}
 {{- end -}}
@@ -229,7 +233,8 @@ networkPolicy.extraEgress. Call with (dict "root" $ "component" "<name>").
     name: {{ include "conveyor.secretName" . }}
 {{- end -}}
 
-{{/* Pod-level settings shared by every component. Call with (dict "root" $ "values" <component values>). */}}
+{{/* Pod-level settings shared by every component. Call with (dict "root" $ "values" <component values>),
+and "apiKeys" true for the gateway (it mounts the API-key Secret). */}}
 {{- define "conveyor.podSpecCommon" -}}
 serviceAccountName: {{ include "conveyor.serviceAccountName" .root }}
 automountServiceAccountToken: false
@@ -255,6 +260,15 @@ affinity:
 {{- end }}
 volumes:
   {{- include "conveyor.volumes" .root | nindent 2 }}
+{{- if .apiKeys }}
+  - name: api-keys
+    secret:
+      secretName: {{ include "conveyor.apiKeysSecretName" .root }}
+      defaultMode: 0400
+      items:
+        - key: api-keys.json
+          path: api-keys.json
+{{- end }}
 {{- end -}}
 
 {{/*

@@ -68,6 +68,7 @@ class Event(BaseModel):
     model_config = ConfigDict(extra="allow")
     version: int = SCHEMA_VERSION
     job_id: str = Field(min_length=1, max_length=128)
+    tenant: str = Field("default", description="The tenant the submitting credential belongs to.")
     user_id: str = Field(min_length=1, max_length=256)
     stage: str
     attempt: int = Field(1, ge=1)
@@ -133,3 +134,14 @@ class DeadLetter(BaseModel):
 
     def original(self) -> bytes:
         return base64.b64decode(self.original_b64)
+
+    def tenant(self) -> str | None:
+        """The original event's tenant; None when the original is not a readable event."""
+        try:
+            original = json.loads(self.original())
+        except ValueError:
+            return None
+        if not isinstance(original, dict) or "job_id" not in original:
+            return None  # JSON, but no event of any tenant
+        tenant = original.get("tenant", "default")  # events from before tenants are the default one's
+        return tenant if isinstance(tenant, str) else None

@@ -8,7 +8,7 @@ Plain asyncio, so a worker needs no web framework for its probes.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -18,7 +18,11 @@ def _always() -> bool:
 
 
 async def serve_probes(host: str, port: int, *, ready: Callable[[], bool],
-                       alive: Callable[[], bool] = _always) -> asyncio.base_events.Server:
+                       alive: Callable[[], bool] = _always,
+                       pages: Mapping[str, Callable[[], tuple[str, bytes]]] | None = None) -> asyncio.base_events.Server:
+    """`pages`: more paths, each answered with the (content type, body) its function gives."""
+    pages = pages or {}
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request_line = await asyncio.wait_for(reader.readline(), timeout=5)
@@ -36,6 +40,8 @@ async def serve_probes(host: str, port: int, *, ready: Callable[[], bool],
                 is_ready = ready()
                 status = "200 OK" if is_ready else "503 Service Unavailable"
                 ctype, body = "text/plain", b"ready\n" if is_ready else b"not ready\n"
+            elif path in pages:
+                status, (ctype, body) = "200 OK", pages[path]()
             else:
                 status, ctype, body = "404 Not Found", "text/plain", b"not found\n"
             writer.write(

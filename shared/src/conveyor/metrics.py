@@ -57,6 +57,14 @@ HTTP_PAYLOAD_BYTES = Histogram(
     buckets=(1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9),
 )
 JOBS_SUBMITTED = Counter("conveyor_jobs_submitted_total", "Jobs accepted by the gateway.", ["kind"])
+HTTP_REFUSED = Counter(
+    "conveyor_http_refused_total",
+    "Requests the gateway turned away: unauthenticated, rate_limited, quota (too many active jobs), overloaded.",
+    ["reason"],
+)
+PIPELINE_BACKLOG = Gauge(
+    "conveyor_pipeline_backlog", "Records waiting in the most backed-up stage, as the gateway last measured."
+)
 
 # --- Summarizer backends ---------------------------------------------------------------------
 LLM_LATENCY = Histogram(

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, NonNegativeFloat, SecretStr, ValidationError, field_validator
+from pydantic import Field, NonNegativeFloat, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_HOME = Path(".conveyor")
@@ -77,6 +77,24 @@ class Settings(BaseSettings):
     claim_check_bytes: int = Field(
         256 * 1024, ge=0, description="Payloads at least this large travel as blob references."
     )
+    api_docs: bool = Field(True, description="Serve /docs and /openapi.json on the gateway's metrics port (never the public one).")
+
+    # --- Gateway: credentials, tenants, limits ------------------------------------------------------
+    api_keys_file: Path | None = Field(None, description="API keys (hashed, one tenant each); default: <home>/api-keys.json.")
+    oidc_issuer: str | None = Field(None, description="OIDC issuer whose bearer JWTs the gateway accepts; empty = API keys only.")
+    oidc_audience: str | None = Field(None, description="Audience an OIDC token must carry (required with the issuer).")
+    oidc_jwks_url: str | None = Field(None, description="JWKS URL of the issuer's signing keys; empty = <issuer>/.well-known/jwks.json.")
+    oidc_tenant_claim: str = Field("tenant", description="Token claim naming the tenant.")
+    oidc_algorithms: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["RS256", "ES256"], description="Accepted JWT signing algorithms, comma separated."
+    )
+    tenant_requests_per_second: float = Field(
+        100.0, gt=0, description="API requests per second per tenant and gateway process (bursts of twice that); past it 429."
+    )
+    tenant_max_active_jobs: int = Field(10_000, ge=1, description="Unfinished jobs a tenant may have; past it /submit and /upload answer 429.")
+    max_pipeline_lag: int | None = Field(
+        None, ge=1, description="Records waiting in any stage past which /submit and /upload answer 503; empty = no bound."
+    )
 
     # --- Stores ----------------------------------------------------------------------------------
     home: Path = Field(DEFAULT_HOME, description="Folder for local state (SQLite, blobs).")
@@ -120,7 +138,7 @@ class Settings(BaseSettings):
 
     # --- Notifier ----------------------------------------------------------------------------
     webhook_secret: SecretStr | None = Field(
-        None, description="Key that signs webhooks (secret); the notifier needs it. conveyor up makes one in <home>/webhook-secret."
+        None, description="Master key of the tenants' webhook secrets (secret; two, comma separated, while rotating); the notifier needs it. conveyor up makes one in <home>/webhook-secret."
     )
     webhook_timeout_seconds: float = Field(10.0, gt=0, description="Per-attempt webhook timeout.")
     webhook_retry_schedule: Annotated[list[NonNegativeFloat], NoDecode] = Field(
@@ -129,7 +147,10 @@ class Settings(BaseSettings):
     )
     webhook_host_concurrency: int = Field(8, ge=1, description="Webhook POSTs in flight to one host per notifier process.")
     webhook_allow_private: bool = Field(
-        False, description="Allow callbacks to loopback/private/link-local addresses."
+        False, description="Allow callbacks to addresses that are not global (loopback, private, 100.64.0.0/10, link-local...)."
+    )
+    webhook_max_response_bytes: int = Field(
+        65_536, ge=0, description="Most of a webhook answer's body the notifier reads; the rest is not read."
     )
 
     # --- Telemetry -----------------------------------------------------------------------------
@@ -142,10 +163,20 @@ class Settings(BaseSettings):
         15.0, ge=0, description="How often the gateway exports exact consumer lag; 0 = off."
     )
 
-    @field_validator("openai_fallback_base_urls", "webhook_retry_schedule", mode="before")
+    @field_validator("openai_fallback_base_urls", "webhook_retry_schedule", "oidc_algorithms", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Settings":
+        if self.oidc_issuer and not self.oidc_audience:
+            raise ValueError("CONVEYOR_OIDC_ISSUER needs CONVEYOR_OIDC_AUDIENCE (a token for any audience is no credential)")
+        if bad := [a for a in self.oidc_algorithms if not a.startswith(("RS", "PS", "ES", "EdDSA"))]:
+            raise ValueError(f"CONVEYOR_OIDC_ALGORITHMS: {', '.join(bad)} not allowed; use asymmetric ones (RS256, ES256...)")
+        if self.max_pipeline_lag is not None and not self.lag_interval_seconds:
+            raise ValueError("CONVEYOR_MAX_PIPELINE_LAG needs CONVEYOR_LAG_INTERVAL_SECONDS > 0 (the lag is measured that often)")
+        return self
 
     def resolved_parse_processes(self) -> int:
         return self.parse_processes or os.cpu_count() or 1
@@ -158,6 +189,9 @@ class Settings(BaseSettings):
 
     def resolved_blob_dir(self) -> Path:
         return self.blob_dir or self.home / "blobs"
+
+    def resolved_api_keys_file(self) -> Path:
+        return self.api_keys_file or self.home / "api-keys.json"
 
 
 @lru_cache
@@ -180,7 +214,10 @@ def invalid_settings(error: ValidationError, model: type[BaseSettings]) -> list[
     prefix = str(model.model_config.get("env_prefix", ""))
     lines = []
     for problem in error.errors(include_url=False):
-        field = str(problem["loc"][0]) if problem["loc"] else ""
+        if not problem["loc"]:  # settings that do not fit together; the message names them
+            lines.append(f"invalid settings: {problem['msg'].removeprefix('Value error, ')}")
+            continue
+        field = str(problem["loc"][0])
         variable = f"{prefix}{field}".upper()
         annotation = model.model_fields[field].annotation if field in model.model_fields else None
         secret = "SecretStr" in str(annotation)

@@ -74,9 +74,13 @@ class Delivery(BaseModel):
     updated_at: datetime = Field(default_factory=utcnow)
 
 
+DEFAULT_TENANT = "default"
+
+
 class JobRecord(BaseModel):
     job_id: str
-    user_id: str
+    tenant: str = DEFAULT_TENANT
+    user_id: str = Field(description="The submitter's own label, inside the tenant.")
     state: JobState = JobState.queued
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
@@ -87,6 +91,10 @@ class JobRecord(BaseModel):
     notified_at: datetime | None = None
     delivery: Delivery | None = None
     meta: dict[str, Any] = Field(default_factory=dict)
+
+    def finished(self) -> bool:
+        """Completed or failed: no longer counted against its tenant's active-job quota."""
+        return self.state in (JobState.completed, JobState.failed)
 
     def redrivable(self) -> bool:
         """Something can still re-drive this job (a dead letter, a waiting delivery): its record
@@ -177,6 +185,10 @@ class JobStore(abc.ABC):
     async def claim_host_deliveries(self, host: str, now: float, *, limit: int, lease_seconds: float) -> list[str]:
         """Up to `limit` of one host's scheduled deliveries whatever their due time (to probe the
         host, or to release what waited once it is back), leased the same way."""
+
+    @abc.abstractmethod
+    async def active_jobs(self, tenant: str) -> int:
+        """How many of the tenant's jobs are not finished (queued, running or waiting)."""
 
     @abc.abstractmethod
     async def ping(self) -> bool: ...

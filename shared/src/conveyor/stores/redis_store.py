@@ -12,6 +12,10 @@ With `ttl_seconds`, every write (re)sets the key's expiry, so a job disappears t
 last change, unless something can still re-drive it (a dead letter, a waiting delivery): such a
 job has no expiry until it is finished.
 
+Each tenant's unfinished jobs are a sorted set `<prefix>active:<tenant>` (job id by last update),
+for the active-job quota; with `ttl_seconds`, members older than that are dropped as their
+records expire.
+
 The webhook retry schedule is a sorted set `<prefix>deliveries` (job id by due time) and one per
 host, `<prefix>deliveries:<host>`; claims run as Lua scripts, so they are atomic.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable
 from datetime import datetime
 
@@ -106,7 +111,9 @@ class RedisJobStore(JobStore):
                 pipe.hsetnx(key, NOTIFIED_FIELD, record.notified_at.isoformat())
             if self.ttl_seconds:
                 pipe.expire(key, self.ttl_seconds)
-            await pipe.execute()
+            created = (await pipe.execute())[0]
+        if created and not record.finished():
+            await self._redis.zadd(self._active(record.tenant), {record.job_id: time.time()}, nx=True)
 
     async def get(self, job_id: str) -> JobRecord | None:
         fields = await self._redis.hgetall(self.key(job_id))
@@ -152,6 +159,15 @@ class RedisJobStore(JobStore):
         return list(await self._claim_deliveries(keys=[self._schedule, self._host_schedule(host)],
                                                  args=[now, limit, lease_seconds, "-inf", "+inf"]))
 
+    async def active_jobs(self, tenant: str) -> int:
+        key = self._active(tenant)
+        if self.ttl_seconds:  # records that expired unfinished
+            await self._redis.zremrangebyscore(key, "-inf", time.time() - self.ttl_seconds)
+        return int(await self._redis.zcard(key))
+
+    def _active(self, tenant: str) -> str:
+        return f"{self.prefix}active:{tenant}"
+
     def _host_schedule(self, host: str) -> str:
         return f"{self._schedule}:{host}"
 
@@ -186,6 +202,11 @@ class RedisJobStore(JobStore):
                         pipe.persist(key)
                     elif self.ttl_seconds:
                         pipe.expire(key, self.ttl_seconds)
+                    if updated.finished():
+                        if not current.finished():
+                            pipe.zrem(self._active(updated.tenant), job_id)
+                    elif current.finished() or self.ttl_seconds:  # revived, or its expiry moved
+                        pipe.zadd(self._active(updated.tenant), {job_id: time.time()})
                     await pipe.execute()
                     return True
                 except WatchError:

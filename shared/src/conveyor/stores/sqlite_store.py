@@ -24,6 +24,9 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS deliveries (job_id TEXT PRIMARY KEY, host TEXT NOT NULL, due REAL NOT NULL)",
     "CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (due)",
     "CREATE INDEX IF NOT EXISTS deliveries_host ON deliveries (host, due)",
+    # Unfinished jobs per tenant (the active-job quota): a row while the job is not finished.
+    "CREATE TABLE IF NOT EXISTS active_jobs (job_id TEXT PRIMARY KEY, tenant TEXT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS active_jobs_tenant ON active_jobs (tenant)",
 )
 _SELECT_CHUNK = 500
 # Applied to a job's current record (None when there is none): (record to write or None, result).
@@ -43,6 +46,7 @@ def _apply_in_one_transaction(db: sqlite3.Connection,
             marks = ",".join("?" * len(chunk))
             for job_id, raw in db.execute(f"SELECT job_id, record FROM jobs WHERE job_id IN ({marks})", chunk):
                 current[job_id] = JobRecord.model_validate_json(raw)
+        before = dict(current)
         changed: set[str] = set()
         outcomes: list[tuple[bool, Any]] = []
         for job_id, operation, _ in batch:
@@ -58,11 +62,23 @@ def _apply_in_one_transaction(db: sqlite3.Connection,
         if changed:
             db.executemany("UPDATE jobs SET record = ? WHERE job_id = ?",
                            [(current[job_id].model_dump_json(), job_id) for job_id in changed])
+            _track_active(db, [(before.get(job_id), current[job_id]) for job_id in changed])
         db.execute("COMMIT")
         return outcomes
     except BaseException:
         db.execute("ROLLBACK")
         raise
+
+
+def _track_active(db: sqlite3.Connection, changes: list[tuple[JobRecord | None, JobRecord]]) -> None:
+    """Keep `active_jobs` in step with the records whose finished-ness changed."""
+    ended = [(after.job_id,) for before, after in changes if after.finished() and (before is None or not before.finished())]
+    revived = [(after.job_id, after.tenant) for before, after in changes
+               if not after.finished() and (before is None or before.finished())]
+    if ended:
+        db.executemany("DELETE FROM active_jobs WHERE job_id = ?", ended)
+    if revived:
+        db.executemany("INSERT OR IGNORE INTO active_jobs VALUES (?, ?)", revived)
 
 
 class SqliteJobStore(JobStore):
@@ -75,7 +91,7 @@ class SqliteJobStore(JobStore):
         for statement in _SCHEMA:
             self._db.execute(statement)
         self._lock = threading.Lock()
-        self._pending: list[tuple[str, str, asyncio.Future[None]]] = []
+        self._pending: list[tuple[JobRecord, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._operations: list[tuple[str, _Operation, asyncio.Future[Any]]] = []
         self._operator: asyncio.Task[None] | None = None
@@ -90,7 +106,7 @@ class SqliteJobStore(JobStore):
     async def create(self, record: JobRecord) -> None:
         """Group commit: inserts that arrive together share one transaction."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((record.job_id, record.model_dump_json(), done))
+        self._pending.append((record, done))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_inserts())
         await done
@@ -102,15 +118,19 @@ class SqliteJobStore(JobStore):
             def insert(db: sqlite3.Connection) -> None:
                 with db:  # one transaction for the whole batch
                     db.execute("BEGIN")
-                    db.executemany("INSERT OR IGNORE INTO jobs VALUES (?, ?)", [(j, r) for j, r, _ in batch])
+                    for record, _ in batch:
+                        new = db.execute("INSERT OR IGNORE INTO jobs VALUES (?, ?)",
+                                         (record.job_id, record.model_dump_json())).rowcount
+                        if new and not record.finished():  # a repeated create changes nothing
+                            db.execute("INSERT OR IGNORE INTO active_jobs VALUES (?, ?)", (record.job_id, record.tenant))
 
             try:
                 await self._run(insert)
             except Exception as exc:  # noqa: BLE001 - handed to every waiting caller
-                for *_, done in batch:
+                for _, done in batch:
                     done.set_exception(exc)
             else:
-                for *_, done in batch:
+                for _, done in batch:
                     done.set_result(None)
 
     async def get(self, job_id: str) -> JobRecord | None:
@@ -187,6 +207,10 @@ class SqliteJobStore(JobStore):
                 raise
 
         return await self._run(claim)
+
+    async def active_jobs(self, tenant: str) -> int:
+        return await self._run(lambda db: db.execute(
+            "SELECT count(*) FROM active_jobs WHERE tenant = ?", (tenant,)).fetchone()[0])
 
     async def ping(self) -> bool:
         await self._run(lambda db: db.execute("SELECT 1").fetchone())

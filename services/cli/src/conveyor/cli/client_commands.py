@@ -1,4 +1,7 @@
-"""`conveyor submit`, `status` and `redeliver`: talk to a running gateway over HTTP."""
+"""`conveyor submit`, `status` and `redeliver`: talk to a running gateway over HTTP.
+
+They authenticate with CONVEYOR_API_KEY, else with the key `conveyor up` made in CONVEYOR_HOME.
+"""
 
 from __future__ import annotations
 
@@ -11,18 +14,38 @@ from pathlib import Path
 
 import httpx
 
+from conveyor.cli.local_credentials import cli_api_key
+
 TERMINAL = {"completed", "failed"}
 
 
-def run(args: argparse.Namespace) -> int:
+class Unauthorized(Exception):
+    pass
+
+
+def _raise_on_401(response: httpx.Response) -> None:
+    if response.status_code == 401:
+        raise Unauthorized()
+
+
+def run(args: argparse.Namespace, home: Path) -> int:
     """`submit`, `status` or `redeliver`; a gateway that cannot be reached is one line that says what to do."""
+    key = cli_api_key(home)
+    headers = {"authorization": f"Bearer {key}"} if key else {}
     try:
-        if args.command == "submit":
-            return submit(args.url, args.source, user_id=args.user, callback_url=args.callback_url,
-                          wait=args.wait, timeout=args.timeout)
-        if args.command == "redeliver":
-            return redeliver(args.url, args.job_id)
-        return status(args.url, args.job_id)
+        with httpx.Client(base_url=args.url, timeout=60, headers=headers,
+                          event_hooks={"response": [_raise_on_401]}) as client:
+            if args.command == "submit":
+                return submit(client, args.source, user_id=args.user, callback_url=args.callback_url,
+                              wait=args.wait, timeout=args.timeout)
+            if args.command == "redeliver":
+                return redeliver(client, args.job_id)
+            return status(client, args.job_id)
+    except Unauthorized:
+        print("conveyor: the gateway refused the API key" if key else "conveyor: no API key", "- set CONVEYOR_API_KEY "
+              "(`conveyor keys create --tenant NAME` makes one), or use the CONVEYOR_HOME of the running `conveyor up`",
+              file=sys.stderr)
+        return 1
     except httpx.TimeoutException:
         print(f"conveyor: the gateway at {args.url} did not answer in time; try again, or see its log",
               file=sys.stderr)
@@ -33,30 +56,30 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
 
-def submit(url: str, source: str, *, user_id: str, callback_url: str | None, wait: bool, timeout: float) -> int:
-    with httpx.Client(base_url=url, timeout=60) as client:
-        if source == "-":
-            body = {"user_id": user_id, "content": sys.stdin.read()}
-            if callback_url:
-                body["callback_url"] = callback_url
-            response = client.post("/submit", json=body)
-        else:
-            path = Path(source)
-            if not path.is_file():
-                print(f"error: no such file: {source}", file=sys.stderr)
-                return 2
-            content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-            form = {"user_id": user_id, **({"callback_url": callback_url} if callback_url else {})}
-            with path.open("rb") as handle:
-                response = client.post("/upload", data=form, files={"file": (path.name, handle, content_type)})
-        if response.status_code != 202:
-            print(f"error: gateway answered {response.status_code}: {response.text}", file=sys.stderr)
-            return 1
-        accepted = response.json()
-        print(accepted["job_id"])
-        if not wait:
-            return 0
-        return _wait_for(client, accepted["job_id"], timeout)
+def submit(client: httpx.Client, source: str, *, user_id: str, callback_url: str | None, wait: bool,
+           timeout: float) -> int:
+    if source == "-":
+        body = {"user_id": user_id, "content": sys.stdin.read()}
+        if callback_url:
+            body["callback_url"] = callback_url
+        response = client.post("/submit", json=body)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            print(f"error: no such file: {source}", file=sys.stderr)
+            return 2
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        form = {"user_id": user_id, **({"callback_url": callback_url} if callback_url else {})}
+        with path.open("rb") as handle:
+            response = client.post("/upload", data=form, files={"file": (path.name, handle, content_type)})
+    if response.status_code != 202:
+        print(f"error: gateway answered {response.status_code}: {response.text}", file=sys.stderr)
+        return 1
+    accepted = response.json()
+    print(accepted["job_id"])
+    if not wait:
+        return 0
+    return _wait_for(client, accepted["job_id"], timeout)
 
 
 def _wait_for(client: httpx.Client, job_id: str, timeout: float) -> int:
@@ -82,8 +105,8 @@ def _wait_for(client: httpx.Client, job_id: str, timeout: float) -> int:
     return 3
 
 
-def status(url: str, job_id: str) -> int:
-    response = httpx.get(f"{url}/jobs/{job_id}", timeout=30)
+def status(client: httpx.Client, job_id: str) -> int:
+    response = client.get(f"/jobs/{job_id}")
     if response.status_code == 404:
         print(f"no job {job_id}", file=sys.stderr)
         return 1
@@ -91,8 +114,8 @@ def status(url: str, job_id: str) -> int:
     return 0
 
 
-def redeliver(url: str, job_id: str) -> int:
-    response = httpx.post(f"{url}/jobs/{job_id}/redeliver", timeout=30)
+def redeliver(client: httpx.Client, job_id: str) -> int:
+    response = client.post(f"/jobs/{job_id}/redeliver")
     if response.status_code != 202:
         print(f"conveyor: {response.json().get('detail', response.text)}", file=sys.stderr)
         return 1

@@ -61,8 +61,14 @@ async def read_dead_letters(settings: Settings, stage: str, *, idle_ms: int = 15
     return letters
 
 
-async def dlq_list(settings: Settings, stage: str) -> int:
+async def _letters(settings: Settings, stage: str, tenant: str | None) -> list[DeadLetter]:
+    """The stage's dead letters, only the tenant's when one is named."""
     letters = await read_dead_letters(settings, stage)
+    return [letter for letter in letters if tenant is None or letter.tenant() == tenant]
+
+
+async def dlq_list(settings: Settings, stage: str, *, tenant: str | None = None) -> int:
+    letters = await _letters(settings, stage, tenant)
     for letter in letters:
         print(f"{letter.failed_at:%Y-%m-%d %H:%M:%S}  job={letter.job_id or '-'}  attempts={letter.attempts}  "
               f"{letter.error_type}: {letter.error[:120]}")
@@ -70,9 +76,9 @@ async def dlq_list(settings: Settings, stage: str) -> int:
     return 0
 
 
-async def dlq_replay(settings: Settings, stage: str, *, job_ids: set[str] | None) -> int:
+async def dlq_replay(settings: Settings, stage: str, *, job_ids: set[str] | None, tenant: str | None = None) -> int:
     """Send dead-lettered records back to the stage's input topic, byte for byte."""
-    letters = [l for l in await read_dead_letters(settings, stage) if not job_ids or l.job_id in job_ids]
+    letters = [l for l in await _letters(settings, stage, tenant) if not job_ids or l.job_id in job_ids]
     missing = sorted((job_ids or set()) - {l.job_id for l in letters})
     producer = make_producer(settings)
     await producer.start()

@@ -79,8 +79,24 @@ def _parser() -> argparse.ArgumentParser:
     dlq_list.add_argument("stage", choices=STAGES)
     dlq_replay = dlq_sub.add_parser("replay", help="send a stage's dead letters back to its input topic")
     dlq_replay.add_argument("stage", choices=STAGES)
+    for action in (dlq_list, dlq_replay):
+        action.add_argument("--tenant", help="only this tenant's dead letters")
     dlq_replay.add_argument("--job", action="append", dest="jobs", metavar="JOB_ID",
                             help="replay only this job (repeatable)")
+
+    keys = sub.add_parser("keys", help="create, list or revoke API keys (each belongs to one tenant)")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = keys_sub.add_parser("create", help="make a key for a tenant and print it (only this once)")
+    create.add_argument("--tenant", required=True, help="the tenant its jobs belong to (e.g. acme)")
+    create.add_argument("--name", default="", help="what the key is for, shown by list")
+    keys_list = keys_sub.add_parser("list", help="the keys: id, tenant, name, state (never the key itself)")
+    revoke = keys_sub.add_parser("revoke", help="stop a key working (the gateway notices within a second)")
+    revoke.add_argument("key_id", help="the key's id, as list prints it")
+    for action in (create, keys_list, revoke):
+        action.add_argument("--file", help="key file (default $CONVEYOR_API_KEYS_FILE, else <home>/api-keys.json)")
+
+    secret = sub.add_parser("webhook-secret", help="print a tenant's webhook signing secret(s), current first")
+    secret.add_argument("--tenant", default="default", help="tenant (default: default, the local key's)")
 
     sub.add_parser("operator", help="run the Kubernetes operator for Pipeline resources (as conveyor-operator)")
     return parser
@@ -92,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         from conveyor.cli import client_commands
 
         args.url = args.url or default_gateway_url()
-        return client_commands.run(args)
+        return client_commands.run(args, running.home_from_environment())
     try:
         if args.command in ("gateway", "worker", "operator"):
             return _run_service(args.stage if args.command == "worker" else args.command)
@@ -121,6 +137,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         workers = {s: getattr(args, f"{s}_workers") or args.workers for s in STAGES}
         return Supervisor(settings, workers=workers, base_metrics_port=args.metrics_port,
                           embedded=not args.external_broker).run()
+    if args.command in ("keys", "webhook-secret"):
+        from conveyor.cli import key_commands
+
+        return key_commands.run(args, settings)
     from conveyor.cli import kafka_commands as kc
 
     up = running.find(settings.home)
@@ -132,8 +152,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "lag":
         return kc.run(kc.lag(settings, as_json=args.json), settings)
     if args.dlq_command == "list":
-        return kc.run(kc.dlq_list(settings, args.stage), settings)
-    return kc.run(kc.dlq_replay(settings, args.stage, job_ids=set(args.jobs or ())), settings)
+        return kc.run(kc.dlq_list(settings, args.stage, tenant=args.tenant), settings)
+    return kc.run(kc.dlq_replay(settings, args.stage, job_ids=set(args.jobs or ()), tenant=args.tenant), settings)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 from conveyor.cli import running
 from conveyor.cli.embedded_broker import EmbeddedBroker
 from conveyor.cli.services import service_argv
-from conveyor.cli.webhook_secret import local_webhook_secret
+from conveyor.cli.local_credentials import local_api_key, local_webhook_secret
 from conveyor.isolation import die_with_parent
 from conveyor.settings import Settings
 from conveyor.topics import STAGES
@@ -54,8 +54,10 @@ class Child:
 
 def plan_children(settings: Settings, workers: dict[str, int], *, base_metrics_port: int, log_dir: Path,
                   env: dict[str, str]) -> list[Child]:
-    children = [Child("gateway", service_argv("gateway"), env, log_dir / "gateway.log")]
-    port = base_metrics_port
+    # The gateway's metrics and API docs are on its own port, the first of the range.
+    children = [Child("gateway", service_argv("gateway"), {**env, "CONVEYOR_METRICS_PORT": str(base_metrics_port)},
+                      log_dir / "gateway.log")]
+    port = base_metrics_port + 1
     for stage in STAGES:
         for index in range(workers[stage]):
             child_env = {**env, "CONVEYOR_METRICS_PORT": str(port)}
@@ -76,14 +78,15 @@ def _is_free(host: str, port: int) -> bool:
     return True
 
 
-def write_prometheus_targets(path: Path, settings: Settings, children: list[Child]) -> None:
+def write_prometheus_targets(path: Path, children: list[Child]) -> None:
     """File-based service discovery for a local Prometheus (see scripts/prometheus-local.yml)."""
-    groups = [{"targets": [f"127.0.0.1:{settings.gateway_port}"], "labels": {"service": "gateway"}}]
+    groups = []
     for child in children:
         port = child.env.get("CONVEYOR_METRICS_PORT")
-        if child.name != "gateway" and port:
-            groups.append({"targets": [f"127.0.0.1:{port}"],
-                           "labels": {"service": child.name.rsplit("-", 1)[0], "instance_name": child.name}})
+        if port:
+            labels = {"service": "gateway"} if child.name == "gateway" else \
+                {"service": child.name.rsplit("-", 1)[0], "instance_name": child.name}
+            groups.append({"targets": [f"127.0.0.1:{port}"], "labels": labels})
     path.write_text(json.dumps(groups, indent=2))
 
 
@@ -112,13 +115,14 @@ class Supervisor:
         webhook_key = None
         if not env.get("CONVEYOR_WEBHOOK_SECRET"):
             env["CONVEYOR_WEBHOOK_SECRET"], webhook_key = local_webhook_secret(home)
+        _, api_key = local_api_key(home, self.settings.resolved_api_keys_file())
         if self.embedded:
             broker = EmbeddedBroker(log_path=log_dir / "broker.log").start()
             env["CONVEYOR_BOOTSTRAP_SERVERS"] = broker.bootstrap
         bootstrap = env.get("CONVEYOR_BOOTSTRAP_SERVERS", self.settings.bootstrap_servers)
         children = plan_children(self.settings, self.workers, base_metrics_port=self.base_metrics_port,
                                  log_dir=log_dir, env=env)
-        write_prometheus_targets(home / "prometheus-targets.json", self.settings, children)
+        write_prometheus_targets(home / "prometheus-targets.json", children)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._request_stop)
         up_file: Path | None = None
@@ -127,7 +131,7 @@ class Supervisor:
                 child.start()
             url = f"http://{self.settings.gateway_host}:{self.settings.gateway_port}"
             up_file = running.record(home, bootstrap_servers=bootstrap, gateway_url=url)
-            self._print_banner(bootstrap, broker is not None, children, log_dir, home, webhook_key)
+            self._print_banner(bootstrap, broker is not None, children, log_dir, home, webhook_key, api_key)
             while not self.stopping:
                 self._restart_dead(children)
                 time.sleep(0.5)
@@ -147,11 +151,11 @@ class Supervisor:
         if not _is_free(*gateway):
             return (f"the gateway port {gateway[1]} on {gateway[0]} is taken (another program, or a second "
                     "`conveyor up`?): stop it, or choose another with CONVEYOR_GATEWAY_PORT")
-        count = sum(self.workers.values())
+        count = 1 + sum(self.workers.values())  # the gateway's, then each worker's
         ports = range(self.base_metrics_port, self.base_metrics_port + count)
         busy = [port for port in ports if not _is_free("127.0.0.1", port)]
         if busy:
-            return (f"worker metrics port(s) {', '.join(map(str, busy))} are taken: choose another range "
+            return (f"metrics port(s) {', '.join(map(str, busy))} are taken: choose another range "
                     f"with --metrics-port (this run needs {count} from {self.base_metrics_port})")
         return None
 
@@ -190,12 +194,13 @@ class Supervisor:
         print(f"stopped {len(live)} process(es)", flush=True)
 
     def _print_banner(self, bootstrap: str, embedded: bool, children: list[Child], log_dir: Path,
-                      home: Path, webhook_key: Path | None) -> None:
+                      home: Path, webhook_key: Path | None, api_key: Path) -> None:
         url = f"http://{self.settings.gateway_host}:{self.settings.gateway_port}"
+        operations = f"http://127.0.0.1:{children[0].env['CONVEYOR_METRICS_PORT']}"
         lines = [
             "Conveyor is starting:",
             f"  broker     {bootstrap}" + (" (embedded, in memory)" if embedded else ""),
-            f"  gateway    {url}  (docs {url}/docs, metrics {url}/metrics)",
+            f"  gateway    {url}  (docs {operations}/docs, metrics {operations}/metrics)",
         ]
         for child in children[1:]:
             lines.append(f"  {child.name:<10} metrics http://127.0.0.1:{child.env['CONVEYOR_METRICS_PORT']}/metrics")
@@ -203,10 +208,12 @@ class Supervisor:
             f"  logs       {log_dir}",
             f"  state      {home}",
             f"  prometheus targets {home / 'prometheus-targets.json'}",
-            *([f"  webhook key {webhook_key} (receivers verify signatures with it)"] if webhook_key else []),
+            f"  API key    {api_key} (tenant default; the conveyor command uses it by itself)",
+            *([f"  webhook master secret {webhook_key} (`conveyor webhook-secret` prints a tenant's)"]
+              if webhook_key else []),
             "",
-            f"Try: curl -X POST {url}/submit -H 'content-type: application/json' "
-            "-d '{\"user_id\":\"u1\",\"content\":\"...\"}'",
+            f"Try: curl -X POST {url}/submit -H \"authorization: Bearer $(cat {api_key})\" "
+            "-H 'content-type: application/json' -d '{\"user_id\":\"u1\",\"content\":\"...\"}'",
             "Press Ctrl-C to stop.",
         ]
         print("\n".join(lines), flush=True)

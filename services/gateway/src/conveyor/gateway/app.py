@@ -1,4 +1,8 @@
-"""The gateway's FastAPI application: submit, upload, follow jobs, probes and metrics."""
+"""The gateway's FastAPI application: submit, upload and follow jobs, for authenticated tenants.
+
+The public port serves the API and the probes; metrics and the API docs are on the metrics port
+(`CONVEYOR_METRICS_PORT`), which the chart keeps inside the cluster.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +14,20 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from conveyor import metrics, tracing
 from conveyor.breakers import DependencyUnavailable
 from conveyor.events import Event, Payload, utcnow
+from conveyor.gateway.admission import ActiveJobQuota, BacklogBound, TenantRate
+from conveyor.gateway.auth import Authenticate, Authenticator, Principal, caller
 from conveyor.gateway.lag_exporter import export_lag_forever
 from conveyor.gateway.limits import BodyLimitMiddleware
-from conveyor.gateway.models import MAX_CONTENT_TYPE_CHARS, Accepted, JobView, SubmitRequest
+from conveyor.gateway.operations import serve_operations
+from conveyor.gateway.models import MAX_CONTENT_TYPE_CHARS, Accepted, JobView, SubmitRequest, problems
 from conveyor.gateway.observability import ObserveRequests
 from conveyor.kafka.admin import ensure_topics
 from conveyor.kafka.clients import make_producer
@@ -46,6 +52,8 @@ SUPPORTED_SUFFIXES = (".txt", ".text", ".md", ".csv", ".html", ".htm", ".xhtml",
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     extract_topic = input_topic("extractor", settings.topic_prefix)
+    authenticator = Authenticator(settings)
+    backlog = BacklogBound(settings.max_pipeline_lag, settings.lag_interval_seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -56,14 +64,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.producer.start()
         app.state.store = open_job_store(settings)
         app.state.blobs = open_blob_store(settings)
-        lag_task = asyncio.create_task(export_lag_forever(settings)) if settings.lag_interval_seconds else None
-        log.info("gateway ready on %s:%d, publishing to %s", settings.gateway_host, settings.gateway_port,
-                 extract_topic)
+        app.state.quota = ActiveJobQuota(app.state.store, settings.tenant_max_active_jobs)
+        lag_task = asyncio.create_task(export_lag_forever(settings, backlog.measured)) \
+            if settings.lag_interval_seconds else None
+        operations = await serve_operations(app, settings) if settings.metrics_port else None
+        log.info("gateway ready on %s:%d, publishing to %s; %d API key(s)%s", settings.gateway_host,
+                 settings.gateway_port, extract_topic, len(authenticator.keys),
+                 f", OIDC tokens from {settings.oidc_issuer}" if settings.oidc_issuer else "")
         try:
             yield
         finally:
             if lag_task:
                 lag_task.cancel()
+            if operations:
+                operations.close()
             await app.state.producer.stop()
             await app.state.store.close()
             tracing.shutdown_tracing()
@@ -71,14 +85,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="Conveyor gateway",
         version="0.1.0",
-        description="Submit documents for extraction and summarization; follow jobs by id.",
-        lifespan=lifespan,
+        description="Submit documents for extraction and summarization; follow jobs by id. Every route but the "
+                    "probes needs `Authorization: Bearer <API key or OIDC token>`; jobs belong to the credential's tenant.",
+        lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None,
     )
     app.add_middleware(
         BodyLimitMiddleware,
         limits={"/upload": settings.max_upload_bytes},
         default=settings.max_json_bytes,
     )
+    # Outside the body limit: an unauthenticated or rate-limited request is refused before its body is read.
+    app.add_middleware(Authenticate, authenticator=authenticator, rate=TenantRate(settings.tenant_requests_per_second),
+                       open_paths={"/healthz", "/readyz"})
     # Added last, so outermost: requests the body limit refuses (413) are measured too.
     app.add_middleware(ObserveRequests)
 
@@ -100,10 +118,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         base = settings.public_url.rstrip("/") or str(request.base_url).rstrip("/")
         return f"{base}/jobs/{job_id}"
 
+    async def admit(request: Request, tenant: str) -> None:
+        """Refuse new work the tenant's quota or the pipeline cannot take (before any is stored)."""
+        backlog.check()
+        await request.app.state.quota.check(tenant)
+
     async def publish(request: Request, event: Event) -> JSONResponse:
         state = request.app.state
-        await state.store.create(JobRecord(job_id=event.job_id, user_id=event.user_id,
+        await state.store.create(JobRecord(job_id=event.job_id, tenant=event.tenant, user_id=event.user_id,
                                            callback_url=event.callback_url, meta=event.meta))
+        state.quota.accepted(event.tenant)
         with tracing.produce_span(extract_topic, job_id=event.job_id):
             event = event.model_copy(update={"trace": tracing.trace_dict()})
             # Waiting for the broker's ack is the promise behind 202: the job is durable now.
@@ -113,8 +137,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"job_id": event.job_id, "status": JobState.queued.value,
                              "status_url": status_url(request, event.job_id)}, status_code=202)
 
-    @app.post("/submit", status_code=202, response_model=Accepted, summary="Submit text or HTML")
-    async def submit(body: SubmitRequest, request: Request) -> JSONResponse:
+    @app.post("/submit", status_code=202, response_model=Accepted, summary="Submit text or HTML",
+              responses=problems(400, 401, 413, 422, 429, 503))
+    async def submit(body: SubmitRequest, request: Request, principal: Annotated[Principal, Depends(caller)]) -> JSONResponse:
+        await admit(request, principal.tenant)
         data = body.content.encode("utf-8")
         metrics.HTTP_PAYLOAD_BYTES.labels("/submit").observe(len(data))
         if len(data) >= settings.claim_check_bytes:
@@ -122,15 +148,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         else:
             payload = Payload(text=body.content, content_type=body.content_type)
         metrics.JOBS_SUBMITTED.labels("json").inc()
-        return await publish(request, _new_event(body.user_id, payload, body.callback_url))
+        return await publish(request, _new_event(principal.tenant, body.user_id, payload, body.callback_url))
 
-    @app.post("/upload", status_code=202, response_model=Accepted, summary="Upload a document file")
+    @app.post("/upload", status_code=202, response_model=Accepted, summary="Upload a document file",
+              responses=problems(400, 401, 413, 415, 422, 429, 503))
     async def upload(
         request: Request,
+        principal: Annotated[Principal, Depends(caller)],
         file: Annotated[UploadFile, File(description="HTML, PDF, DOCX or plain text in any common charset.")],
         user_id: Annotated[str, Form(min_length=1, max_length=256)],
         callback_url: Annotated[str | None, Form()] = None,
     ) -> JSONResponse:
+        await admit(request, principal.tenant)
         declared, filename = file.content_type or "", file.filename or "upload"
         if len(declared) > MAX_CONTENT_TYPE_CHARS or len(filename) > MAX_FILENAME_CHARS \
                 or not declared.isprintable() or not filename.isprintable():
@@ -161,22 +190,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             payload = Payload.from_bytes(await file.read(), content_type=content_type, filename=filename)
         metrics.HTTP_PAYLOAD_BYTES.labels("/upload").observe(size)
         metrics.JOBS_SUBMITTED.labels("upload").inc()
-        return await publish(request, _new_event(user_id, payload, callback_url, size=size))
+        return await publish(request, _new_event(principal.tenant, user_id, payload, callback_url, size=size))
 
-    @app.get("/jobs/{job_id}", response_model=JobView, summary="A job's status, per stage")
-    async def job_status(job_id: str, request: Request) -> JobView:
+    async def tenant_job(request: Request, job_id: str, principal: Principal) -> JobRecord:
+        """The job, when it is the caller's tenant's; another tenant's job is 404 like a missing one."""
         record = await request.app.state.store.get(job_id)
-        if record is None:
-            raise HTTPException(404, f"no job {job_id}")
-        return _view(record)
+        if record is None or record.tenant != principal.tenant:
+            raise HTTPException(404, f"no job {job_id[:128]}")
+        return record
+
+    @app.get("/jobs/{job_id}", response_model=JobView, summary="A job's status, per stage",
+             responses=problems(401, 404, 429))
+    async def job_status(job_id: str, request: Request, principal: Annotated[Principal, Depends(caller)]) -> JobView:
+        return _view(await tenant_job(request, job_id, principal))
 
     @app.post("/jobs/{job_id}/redeliver", response_model=JobView, status_code=202,
-              summary="Send a completed job's webhook again, now")
-    async def redeliver(job_id: str, request: Request) -> JobView:
+              summary="Send a completed job's webhook again, now", responses=problems(401, 404, 409, 429))
+    async def redeliver(job_id: str, request: Request, principal: Annotated[Principal, Depends(caller)]) -> JobView:
         store = request.app.state.store
-        record = await store.get(job_id)
-        if record is None:
-            raise HTTPException(404, f"no job {job_id}")
+        record = await tenant_job(request, job_id, principal)
         if not record.callback_url:
             raise HTTPException(409, f"job {job_id} has no callback_url")
         if record.state != JobState.completed:
@@ -202,10 +234,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ok = False
         return JSONResponse({"status": "ready" if ok else "broker unreachable"}, status_code=200 if ok else 503)
 
-    @app.get("/metrics", include_in_schema=False)
-    async def prometheus_metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
     return app
 
 
@@ -216,8 +244,8 @@ def _view(record: JobRecord) -> JobView:
                    **record.model_dump(exclude={"state", "callback_url"}))
 
 
-def _new_event(user_id: str, payload: Payload, callback_url: object, **meta: object) -> Event:
-    return Event(job_id=uuid.uuid4().hex, user_id=user_id, stage="extractor", payload=payload,
+def _new_event(tenant: str, user_id: str, payload: Payload, callback_url: object, **meta: object) -> Event:
+    return Event(job_id=uuid.uuid4().hex, tenant=tenant, user_id=user_id, stage="extractor", payload=payload,
                  callback_url=str(callback_url) if callback_url else None, meta=dict(meta))
 
 

@@ -24,6 +24,25 @@ class SubmitRequest(BaseModel):
     callback_url: HttpUrl | None = Field(None, description="POSTed the signed result when done.")
 
 
+class Problem(BaseModel):
+    """Every error answer: what was wrong, in a sentence (validation errors also list each field)."""
+
+    detail: str
+    errors: list[dict[str, Any]] | None = Field(None, description="400/422: each bad field's location and message.")
+
+
+def problems(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI `responses` of a route's error answers."""
+    meaning = {
+        400: "Malformed body.", 401: "No valid credential.", 404: "No such job (or not the caller's tenant's).",
+        409: "The job is not in a state that allows it.", 413: "Body over the size limit.",
+        415: "Unsupported document type.", 422: "Invalid field.",
+        429: "Over the tenant's rate or active-job quota; see Retry-After.",
+        503: "The pipeline is backed up or a store is unavailable; nothing was accepted; see Retry-After.",
+    }
+    return {code: {"model": Problem, "description": meaning[code]} for code in codes}
+
+
 class Accepted(BaseModel):
     job_id: str
     status: JobState
@@ -32,6 +51,7 @@ class Accepted(BaseModel):
 
 class JobView(BaseModel):
     job_id: str
+    tenant: str
     user_id: str
     status: JobState
     created_at: datetime

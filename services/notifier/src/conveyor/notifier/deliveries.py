@@ -23,7 +23,7 @@ from standardwebhooks import Webhook
 
 from conveyor.breakers import Breaker, Breakers, DependencyFailure, DependencyUnavailable
 from conveyor.errors import PermanentError, TransientError
-from conveyor.notifier.webhooks import Refused, check_target, deliver, result_body
+from conveyor.notifier.webhooks import Refused, check_target, deliver, result_body, signers
 from conveyor.settings import Settings
 from conveyor.stores.base import Delivery, DeliveryState, JobRecord, JobStore, delivery_host
 
@@ -37,13 +37,14 @@ BATCH = 64
 class Deliveries:
     """Sends webhooks and owns the ones that wait."""
 
-    def __init__(self, settings: Settings, store: JobStore, client: httpx.AsyncClient, webhook: Webhook,
+    def __init__(self, settings: Settings, store: JobStore, client: httpx.AsyncClient, master_secret: str,
                  breakers: Breakers) -> None:
         self._settings = settings
         self._schedule = settings.webhook_retry_schedule
         self._store = store
         self._client = client
-        self._webhook = webhook
+        self._master_secret = master_secret
+        self._signers: dict[str, list[Webhook]] = {}  # tenant -> its signers
         self._breakers = breakers
         self._sending: set[str] = set()  # job ids this process is sending now
         self._slots = asyncio.Semaphore(settings.concurrency)
@@ -53,6 +54,11 @@ class Deliveries:
         self._suspect_hosts: set[str] = set()  # hosts with deliveries waiting when this process started
         self._probes: dict[str, str] = {}  # job id -> the suspect host its delivery probes
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def _tenant_signers(self, tenant: str) -> list[Webhook]:
+        if tenant not in self._signers:
+            self._signers[tenant] = signers(self._master_secret, tenant)
+        return self._signers[tenant]
 
     def breaker(self, host: str) -> Breaker:
         return self._breakers[f"webhook {host}"]
@@ -138,9 +144,11 @@ class Deliveries:
             # The breaker first: while it is open, nothing waits for a connection slot.
             async with self.breaker(host).call(), host_slots:
                 try:
-                    await check_target(url, allow_private=self._settings.webhook_allow_private)
-                    await deliver(self._client, url, result_body(record), webhook=self._webhook,
-                                  delivery_id=record.job_id)
+                    address = await check_target(url, allow_private=self._settings.webhook_allow_private)
+                    await deliver(self._client, url, result_body(record), webhooks=self._tenant_signers(record.tenant),
+                                  delivery_id=record.job_id, address=address,
+                                  max_response_bytes=self._settings.webhook_max_response_bytes,
+                                  timeout=self._settings.webhook_timeout_seconds)
                 except TransientError as exc:
                     status = getattr(exc, "status", None)
                     raise DependencyFailure(str(exc)) from exc

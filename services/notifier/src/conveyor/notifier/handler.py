@@ -17,7 +17,6 @@ from conveyor.breakers import Breakers
 from conveyor.events import Event
 from conveyor.kafka.stage import Stage
 from conveyor.notifier.deliveries import Deliveries
-from conveyor.notifier.webhooks import signer
 from conveyor.settings import Settings
 from conveyor.stores import records
 from conveyor.stores.base import JobRecord, JobStore
@@ -29,7 +28,7 @@ def build_stage(settings: Settings, store: JobStore, blobs: BlobStore, resources
         raise ValueError("CONVEYOR_WEBHOOK_SECRET is not set: the notifier signs every webhook with it")
     client = httpx.AsyncClient(timeout=settings.webhook_timeout_seconds, follow_redirects=False)
     resources.push_async_callback(client.aclose)
-    deliveries = Deliveries(settings, store, client, signer(settings.webhook_secret.get_secret_value()),
+    deliveries = Deliveries(settings, store, client, settings.webhook_secret.get_secret_value(),
                             Breakers.from_settings(settings))
     scheduler = asyncio.create_task(deliveries.run(), name="webhook-scheduler")
     resources.push_async_callback(_stop, scheduler, deliveries)
@@ -43,7 +42,8 @@ def build_stage(settings: Settings, store: JobStore, blobs: BlobStore, resources
         # A delivery already delivered, or already on the schedule, is not this record's to send.
         if event.callback_url and not (record and (record.notified_at or record.delivery)):
             # What complete() just stored, without reading it back.
-            completed = records.completed(record or JobRecord(job_id=event.job_id, user_id=event.user_id),
+            completed = records.completed(record or JobRecord(job_id=event.job_id, tenant=event.tenant,
+                                                              user_id=event.user_id),
                                           summary=event.summary or "", meta=event.meta)
             await deliveries.first_attempt(completed, event.callback_url)
         return None
