@@ -11,45 +11,16 @@ import hmac
 import json
 import threading
 import time
-import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from conveyor.credentials import add_key, revoke_key
-from conveyor.gateway.app import create_app
-from conveyor.settings import Settings
-
-TEXT = "Rivers changed over the decades. Scientists measured the water every year."
-
-
-def settings_for(broker: str, home: Path, **overrides: object) -> Settings:
-    return Settings(**{"bootstrap_servers": broker, "topic_prefix": f"au{uuid.uuid4().hex[:6]}", "home": home,
-                       "lag_interval_seconds": 0, "partitions": 1, **overrides})
-
-
-@asynccontextmanager
-async def gateway(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gateway") as client:
-            yield client
-
-
-def bearer(credential: str) -> dict[str, str]:
-    return {"authorization": f"Bearer {credential}"}
-
-
-async def submit(client: httpx.AsyncClient, key: str, **extra: object) -> httpx.Response:
-    return await client.post("/submit", json={"user_id": "u1", "content": TEXT, **extra}, headers=bearer(key))
-
+from inprocess_gateway import TEXT, bearer, gateway, settings_for, submit
 
 @pytest.mark.parametrize("authorization", [None, "", "Bearer", "Basic dTpw", "Bearer cvk_nope_nope",
                                            "Bearer cvk_000000000000_" + "A" * 43, "Bearer " + "x" * 9000,

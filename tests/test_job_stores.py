@@ -411,3 +411,20 @@ async def test_active_jobs_count_a_tenants_unfinished_jobs(store: JobStore) -> N
     await store.complete(ids[1], summary="s")
     await store.complete(ids[1], summary="s")  # a redelivered completion
     assert await store.active_jobs("acme") == 1 and await store.active_jobs("globex") == 1
+
+
+async def test_an_idempotency_key_binds_to_its_first_claim_until_it_expires_or_is_released(store: JobStore) -> None:
+    first = await store.claim_idempotency_key("acme", "k", digest="d1", job_id="j1", ttl_seconds=60)
+    again = await asyncio.gather(*[store.claim_idempotency_key("acme", "k", digest="d2", job_id=f"x{i}", ttl_seconds=60)
+                                   for i in range(10)])
+    other_tenant = await store.claim_idempotency_key("globex", "k", digest="d3", job_id="j3", ttl_seconds=60)
+    assert first == ("d1", "j1") and set(again) == {("d1", "j1")} and other_tenant == ("d3", "j3")
+
+    await store.release_idempotency_key("acme", "k", job_id="someone-else")  # not the holder: no effect
+    assert await store.claim_idempotency_key("acme", "k", digest="d4", job_id="j4", ttl_seconds=60) == ("d1", "j1")
+    await store.release_idempotency_key("acme", "k", job_id="j1")
+    assert await store.claim_idempotency_key("acme", "k", digest="d5", job_id="j5", ttl_seconds=60) == ("d5", "j5")
+
+    await store.claim_idempotency_key("acme", "short", digest="d6", job_id="j6", ttl_seconds=0.2)
+    await asyncio.sleep(0.4)
+    assert await store.claim_idempotency_key("acme", "short", digest="d7", job_id="j7", ttl_seconds=0.2) == ("d7", "j7")

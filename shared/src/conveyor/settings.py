@@ -92,6 +92,9 @@ class Settings(BaseSettings):
         100.0, gt=0, description="API requests per second per tenant and gateway process (bursts of twice that); past it 429."
     )
     tenant_max_active_jobs: int = Field(10_000, ge=1, description="Unfinished jobs a tenant may have; past it /submit and /upload answer 429.")
+    idempotency_ttl_seconds: float = Field(
+        86_400.0, gt=0, description="How long an Idempotency-Key of /submit and /upload returns its first request's job."
+    )
     max_pipeline_lag: int | None = Field(
         None, ge=1, description="Records waiting in any stage past which /submit and /upload answer 503; empty = no bound."
     )

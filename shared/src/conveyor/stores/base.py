@@ -191,6 +191,16 @@ class JobStore(abc.ABC):
         """How many of the tenant's jobs are not finished (queued, running or waiting)."""
 
     @abc.abstractmethod
+    async def claim_idempotency_key(self, tenant: str, key: str, *, digest: str, job_id: str,
+                                    ttl_seconds: float) -> tuple[str, str]:
+        """Bind the tenant's `key` to (`digest`, `job_id`) unless it is bound already and younger
+        than `ttl_seconds`; returns the binding that holds: (digest, job id), ours or the first one's."""
+
+    @abc.abstractmethod
+    async def release_idempotency_key(self, tenant: str, key: str, *, job_id: str) -> None:
+        """Unbind the key if `job_id` holds it (its request failed before the job was accepted)."""
+
+    @abc.abstractmethod
     async def ping(self) -> bool: ...
 
     async def close(self) -> None:  # noqa: B027 - optional for backends without resources

@@ -12,6 +12,9 @@ With `ttl_seconds`, every write (re)sets the key's expiry, so a job disappears t
 last change, unless something can still re-drive it (a dead letter, a waiting delivery): such a
 job has no expiry until it is finished.
 
+An idempotency key is a string `<prefix>idempotency:<tenant>:<sha256 of the key>` holding
+`<body digest>:<job id>`, set with NX and the TTL.
+
 Each tenant's unfinished jobs are a sorted set `<prefix>active:<tenant>` (job id by last update),
 for the active-job quota; with `ttl_seconds`, members older than that are dropped as their
 records expire.
@@ -23,6 +26,7 @@ host, `<prefix>deliveries:<host>`; claims run as Lua scripts, so they are atomic
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import random
 import time
 from collections.abc import Callable
@@ -158,6 +162,26 @@ class RedisJobStore(JobStore):
     async def claim_host_deliveries(self, host: str, now: float, *, limit: int, lease_seconds: float) -> list[str]:
         return list(await self._claim_deliveries(keys=[self._schedule, self._host_schedule(host)],
                                                  args=[now, limit, lease_seconds, "-inf", "+inf"]))
+
+    async def claim_idempotency_key(self, tenant: str, key: str, *, digest: str, job_id: str,
+                                    ttl_seconds: float) -> tuple[str, str]:
+        name = self._idempotency(tenant, key)
+        await self._redis.set(name, f"{digest}:{job_id}", nx=True, px=max(1, int(ttl_seconds * 1000)))
+        held = await self._redis.get(name)
+        if held is None:  # expired in between: ours now
+            return await self.claim_idempotency_key(tenant, key, digest=digest, job_id=job_id, ttl_seconds=ttl_seconds)
+        held_digest, _, held_job = held.partition(":")
+        return held_digest, held_job
+
+    async def release_idempotency_key(self, tenant: str, key: str, *, job_id: str) -> None:
+        name = self._idempotency(tenant, key)
+        held = await self._redis.get(name)
+        if held is not None and held.partition(":")[2] == job_id:
+            await self._redis.delete(name)
+
+    def _idempotency(self, tenant: str, key: str) -> str:
+        # Hashed: a key is the client's text, and the Redis key stays bounded and printable.
+        return f"{self.prefix}idempotency:{tenant}:{hashlib.sha256(key.encode()).hexdigest()}"
 
     async def active_jobs(self, tenant: str) -> int:
         key = self._active(tenant)

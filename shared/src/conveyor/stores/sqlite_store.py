@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,10 @@ _SCHEMA = (
     # Unfinished jobs per tenant (the active-job quota): a row while the job is not finished.
     "CREATE TABLE IF NOT EXISTS active_jobs (job_id TEXT PRIMARY KEY, tenant TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS active_jobs_tenant ON active_jobs (tenant)",
+    # Idempotency keys: the first request's body digest and job, per tenant and key.
+    "CREATE TABLE IF NOT EXISTS idempotency_keys (tenant TEXT NOT NULL, key TEXT NOT NULL, digest TEXT NOT NULL, "
+    "job_id TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY (tenant, key))",
+    "CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys (created)",
 )
 _SELECT_CHUNK = 500
 # Applied to a job's current record (None when there is none): (record to write or None, result).
@@ -207,6 +212,28 @@ class SqliteJobStore(JobStore):
                 raise
 
         return await self._run(claim)
+
+    async def claim_idempotency_key(self, tenant: str, key: str, *, digest: str, job_id: str,
+                                    ttl_seconds: float) -> tuple[str, str]:
+        def claim(db: sqlite3.Connection) -> tuple[str, str]:
+            now = time.time()
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("DELETE FROM idempotency_keys WHERE created < ?", (now - ttl_seconds,))
+                db.execute("INSERT OR IGNORE INTO idempotency_keys VALUES (?, ?, ?, ?, ?)",
+                           (tenant, key, digest, job_id, now))
+                return db.execute("SELECT digest, job_id FROM idempotency_keys WHERE tenant = ? AND key = ?",
+                                  (tenant, key)).fetchone()
+
+        return tuple(await self._run(claim))  # type: ignore[return-value]
+
+    async def release_idempotency_key(self, tenant: str, key: str, *, job_id: str) -> None:
+        def release(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("DELETE FROM idempotency_keys WHERE tenant = ? AND key = ? AND job_id = ?",
+                           (tenant, key, job_id))
+
+        await self._run(release)
 
     async def active_jobs(self, tenant: str) -> int:
         return await self._run(lambda db: db.execute(

@@ -7,14 +7,16 @@ The public port serves the API and the probes; metrics and the API docs are on t
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -24,6 +26,7 @@ from conveyor.breakers import DependencyUnavailable
 from conveyor.events import Event, Payload, utcnow
 from conveyor.gateway.admission import ActiveJobQuota, BacklogBound, TenantRate
 from conveyor.gateway.auth import Authenticate, Authenticator, Principal, caller
+from conveyor.gateway.idempotency import KEY_PATTERN, Idempotency
 from conveyor.gateway.lag_exporter import export_lag_forever
 from conveyor.gateway.limits import BodyLimitMiddleware
 from conveyor.gateway.operations import serve_operations
@@ -49,6 +52,12 @@ MAX_FILENAME_CHARS = 255
 SUPPORTED_SUFFIXES = (".txt", ".text", ".md", ".csv", ".html", ".htm", ".xhtml", ".pdf", ".docx")
 
 
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", pattern=KEY_PATTERN,
+    description="Makes a retry safe: the same key (per tenant, 24 h) returns the first request's job; "
+                "with another body it is 422.")]
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     extract_topic = input_topic("extractor", settings.topic_prefix)
@@ -65,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.store = open_job_store(settings)
         app.state.blobs = open_blob_store(settings)
         app.state.quota = ActiveJobQuota(app.state.store, settings.tenant_max_active_jobs)
+        app.state.idempotency = Idempotency(app.state.store, settings.idempotency_ttl_seconds)
         lag_task = asyncio.create_task(export_lag_forever(settings, backlog.measured)) \
             if settings.lag_interval_seconds else None
         operations = await serve_operations(app, settings) if settings.metrics_port else None
@@ -123,7 +133,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         backlog.check()
         await request.app.state.quota.check(tenant)
 
-    async def publish(request: Request, event: Event) -> JSONResponse:
+    def accepted(request: Request, job_id: str) -> JSONResponse:
+        # Built directly: the hot path skips a second validation through the response model.
+        return JSONResponse({"job_id": job_id, "status": JobState.queued.value,
+                             "status_url": status_url(request, job_id)}, status_code=202)
+
+    async def accept(request: Request, tenant: str, idempotency_key: str | None, digest: Callable[[], str],
+                     event: Callable[[str], Awaitable[Event]], *, checked: bool = False) -> tuple[str, bool]:
+        """Admit, build and publish the job: its id, and False when it is a repeat of an earlier
+        request with the same Idempotency-Key (nothing new is published then). Admission is
+        `checked` already for uploads, before their body is read."""
+        if idempotency_key is None:
+            if not checked:
+                await admit(request, tenant)
+            return await publish(request, await event(uuid.uuid4().hex)), True
+        idempotency = request.app.state.idempotency
+        job_id, new = await idempotency.claim(tenant, idempotency_key, digest())
+        if not new:
+            return job_id, False
+        try:
+            if not checked:
+                await admit(request, tenant)
+            return await publish(request, await event(job_id)), True
+        except BaseException:
+            await idempotency.release(tenant, idempotency_key, job_id)
+            raise
+
+    async def publish(request: Request, event: Event) -> str:
         state = request.app.state
         await state.store.create(JobRecord(job_id=event.job_id, tenant=event.tenant, user_id=event.user_id,
                                            callback_url=event.callback_url, meta=event.meta))
@@ -133,22 +169,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Waiting for the broker's ack is the promise behind 202: the job is durable now.
             await state.producer.send_and_wait(extract_topic, event.to_bytes(), key=event.job_id.encode(),
                                                headers=tracing.kafka_headers())
-        # Built directly: the hot path skips a second validation through the response model.
-        return JSONResponse({"job_id": event.job_id, "status": JobState.queued.value,
-                             "status_url": status_url(request, event.job_id)}, status_code=202)
+        return event.job_id
 
     @app.post("/submit", status_code=202, response_model=Accepted, summary="Submit text or HTML",
               responses=problems(400, 401, 413, 422, 429, 503))
-    async def submit(body: SubmitRequest, request: Request, principal: Annotated[Principal, Depends(caller)]) -> JSONResponse:
-        await admit(request, principal.tenant)
-        data = body.content.encode("utf-8")
-        metrics.HTTP_PAYLOAD_BYTES.labels("/submit").observe(len(data))
-        if len(data) >= settings.claim_check_bytes:
-            payload = Payload(blob=await request.app.state.blobs.put(data), content_type=body.content_type)
-        else:
-            payload = Payload(text=body.content, content_type=body.content_type)
-        metrics.JOBS_SUBMITTED.labels("json").inc()
-        return await publish(request, _new_event(principal.tenant, body.user_id, payload, body.callback_url))
+    async def submit(body: SubmitRequest, request: Request, principal: Annotated[Principal, Depends(caller)],
+                     idempotency_key: IdempotencyKey = None) -> JSONResponse:
+        async def event(job_id: str) -> Event:
+            data = body.content.encode("utf-8")
+            metrics.HTTP_PAYLOAD_BYTES.labels("/submit").observe(len(data))
+            if len(data) >= settings.claim_check_bytes:
+                payload = Payload(blob=await request.app.state.blobs.put(data), content_type=body.content_type)
+            else:
+                payload = Payload(text=body.content, content_type=body.content_type)
+            metrics.JOBS_SUBMITTED.labels("json").inc()
+            return _new_event(job_id, principal.tenant, body.user_id, payload, body.callback_url)
+
+        def digest() -> str:
+            return hashlib.sha256(body.model_dump_json().encode()).hexdigest()
+
+        job_id, _ = await accept(request, principal.tenant, idempotency_key, digest, event)
+        return accepted(request, job_id)
 
     @app.post("/upload", status_code=202, response_model=Accepted, summary="Upload a document file",
               responses=problems(400, 401, 413, 415, 422, 429, 503))
@@ -158,8 +199,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         file: Annotated[UploadFile, File(description="HTML, PDF, DOCX or plain text in any common charset.")],
         user_id: Annotated[str, Form(min_length=1, max_length=256)],
         callback_url: Annotated[str | None, Form()] = None,
+        idempotency_key: IdempotencyKey = None,
     ) -> JSONResponse:
-        await admit(request, principal.tenant)
+        await admit(request, principal.tenant)  # before the body is read
         declared, filename = file.content_type or "", file.filename or "upload"
         if len(declared) > MAX_CONTENT_TYPE_CHARS or len(filename) > MAX_FILENAME_CHARS \
                 or not declared.isprintable() or not filename.isprintable():
@@ -187,10 +229,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 raise HTTPException(400, "uploaded file is empty")
             payload, size = Payload(blob=ref, content_type=content_type, filename=filename), ref.size
         else:
-            payload = Payload.from_bytes(await file.read(), content_type=content_type, filename=filename)
-        metrics.HTTP_PAYLOAD_BYTES.labels("/upload").observe(size)
-        metrics.JOBS_SUBMITTED.labels("upload").inc()
-        return await publish(request, _new_event(principal.tenant, user_id, payload, callback_url, size=size))
+            data = await file.read()
+            payload = Payload.from_bytes(data, content_type=content_type, filename=filename)
+
+        async def event(job_id: str) -> Event:
+            metrics.HTTP_PAYLOAD_BYTES.labels("/upload").observe(size)
+            metrics.JOBS_SUBMITTED.labels("upload").inc()
+            return _new_event(job_id, principal.tenant, user_id, payload, callback_url, size=size)
+
+        def digest() -> str:
+            content = payload.blob.sha256 if payload.blob else hashlib.sha256(data).hexdigest()
+            return hashlib.sha256(json.dumps([content, content_type, filename, user_id, callback_url]).encode()).hexdigest()
+
+        job_id, new = await accept(request, principal.tenant, idempotency_key, digest, event, checked=True)
+        if payload.blob and not new:
+            await request.app.state.blobs.delete(payload.blob)  # a repeat: the first request's blob is the job's
+        return accepted(request, job_id)
 
     async def tenant_job(request: Request, job_id: str, principal: Principal) -> JobRecord:
         """The job, when it is the caller's tenant's; another tenant's job is 404 like a missing one."""
@@ -244,8 +298,9 @@ def _view(record: JobRecord) -> JobView:
                    **record.model_dump(exclude={"state", "callback_url"}))
 
 
-def _new_event(tenant: str, user_id: str, payload: Payload, callback_url: object, **meta: object) -> Event:
-    return Event(job_id=uuid.uuid4().hex, tenant=tenant, user_id=user_id, stage="extractor", payload=payload,
+def _new_event(job_id: str, tenant: str, user_id: str, payload: Payload, callback_url: object,
+               **meta: object) -> Event:
+    return Event(job_id=job_id, tenant=tenant, user_id=user_id, stage="extractor", payload=payload,
                  callback_url=str(callback_url) if callback_url else None, meta=dict(meta))
 
 
