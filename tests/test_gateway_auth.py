@@ -14,6 +14,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -212,3 +213,19 @@ async def test_oidc_tokens_are_verified_and_name_the_tenant(broker: str, tmp_pat
     assert accepted.status_code == 202 and mine.json()["tenant"] == "acme"
     assert theirs.status_code == 404
     assert answers == {name: 401 for name in refused}
+
+
+@pytest.mark.parametrize("docs", [True, False])
+async def test_the_operations_port_serves_metrics_and_docs_only_when_asked(broker: str, tmp_path: Path,
+                                                                          docs: bool) -> None:
+    from conveyor.cli.embedded_broker import free_port
+
+    port = free_port()
+    async with gateway(settings_for(broker, tmp_path, metrics_port=port, metrics_host="127.0.0.1", api_docs=docs)):
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as operations:
+            metrics_page = await operations.get("/metrics")
+            schema = await operations.get("/openapi.json")
+    assert metrics_page.status_code == 200 and "conveyor_http_requests_total" in metrics_page.text
+    assert schema.status_code == (200 if docs else 404)
+    if docs:
+        assert schema.json()["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
