@@ -82,8 +82,27 @@ def test_garbage_bytes_go_to_the_dlq_and_the_worker_keeps_going(pipeline: Pipeli
     while len(asyncio.run(read_dead_letters(settings, "extractor"))) < 4 and time.monotonic() < deadline:
         time.sleep(0.3)
     listed = run_cli(pipeline, "dlq", "list", "extractor", "--tenant", "acme").splitlines()
-    assert len(listed) == 1 and f"job={failed_job}" in listed[0]
+    assert len(listed) == 1 and f"job={failed_job}" in listed[0] and "replayed" not in listed[0]
     assert run_cli(pipeline, "dlq", "list", "extractor", "--tenant", "default").strip() == ""
+
+    # A replay marks the job's stage running again, so a second replay skips it and the list says so.
+    pipeline.stop("extractor-1")
+    assert "replayed 1 record(s)" in run_cli(pipeline, "dlq", "replay", "extractor", "--job", failed_job)
+    def acme_job() -> dict:
+        return pipeline.client.get(f"/jobs/{failed_job}", headers={"authorization": f"Bearer {acme}"}).json()
+
+    assert acme_job()["stages"]["extractor"]["state"] == "running"
+    again = run_cli(pipeline, "dlq", "replay", "extractor", "--job", failed_job)
+    assert "replayed 0 record(s)" in again and f"skipped 1 already replayed: job(s) {failed_job}" in again
+    assert "(replayed: running now)" in run_cli(pipeline, "dlq", "list", "extractor", "--tenant", "acme")
+    # It fails again: its newest dead letter is the one listed, once, and it can be replayed again.
+    pipeline.start_worker("extractor")
+    deadline = time.monotonic() + 60
+    while (acme_job()["status"] != "failed" or len(asyncio.run(read_dead_letters(settings, "extractor"))) < 5) \
+            and time.monotonic() < deadline:
+        time.sleep(0.3)
+    listed = run_cli(pipeline, "dlq", "list", "extractor", "--tenant", "acme").splitlines()
+    assert len(listed) == 1 and "replayed" not in listed[0]
 
 
 def test_a_webhook_refused_past_its_schedule_fails_keeps_its_summary_and_can_be_resent(

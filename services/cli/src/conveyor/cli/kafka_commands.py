@@ -16,6 +16,8 @@ from conveyor.kafka.admin import describe_partitions, ensure_topics
 from conveyor.kafka.clients import make_consumer, make_producer
 from conveyor.kafka.lag import group_lag
 from conveyor.settings import Settings
+from conveyor.stores import open_job_store
+from conveyor.stores.base import JobStore, StageState
 from conveyor.topics import STAGES, all_topics, consumer_group, dlq_topic, input_topic
 
 
@@ -62,24 +64,56 @@ async def read_dead_letters(settings: Settings, stage: str, *, idle_ms: int = 15
 
 
 async def _letters(settings: Settings, stage: str, tenant: str | None) -> list[DeadLetter]:
-    """The stage's dead letters, only the tenant's when one is named."""
-    letters = await read_dead_letters(settings, stage)
-    return [letter for letter in letters if tenant is None or letter.tenant() == tenant]
+    """The stage's dead letters, the latest one per job (a replayed job that failed again has two),
+    only the tenant's when one is named."""
+    letters = [letter for letter in await read_dead_letters(settings, stage)
+               if tenant is None or letter.tenant() == tenant]
+    latest = {letter.job_id: letter for letter in sorted(letters, key=lambda l: l.failed_at) if letter.job_id}
+    return [letter for letter in letters if not letter.job_id or latest[letter.job_id] is letter]
+
+
+def _job_store(settings: Settings) -> JobStore | None:
+    """The job store, or None where its backend's client is not installed (Redis from a bare CLI)."""
+    try:
+        return open_job_store(settings)
+    except ImportError:
+        return None
+
+
+async def _stage_states(settings: Settings, stage: str, letters: list[DeadLetter]) -> dict[str, StageState]:
+    """Where each letter's job stands in the stage now (replayed: no longer failed)."""
+    store = _job_store(settings)
+    if store is None:
+        return {}
+    try:
+        records = [await store.get(letter.job_id) for letter in letters if letter.job_id]
+    finally:
+        await store.close()
+    return {record.job_id: record.stages[stage].state for record in records
+            if record is not None and stage in record.stages}
 
 
 async def dlq_list(settings: Settings, stage: str, *, tenant: str | None = None) -> int:
     letters = await _letters(settings, stage, tenant)
+    states = await _stage_states(settings, stage, letters)
     for letter in letters:
+        state = states.get(letter.job_id or "")
+        replayed = f"  (replayed: {state.value} now)" if state not in (None, StageState.failed) else ""
         print(f"{letter.failed_at:%Y-%m-%d %H:%M:%S}  job={letter.job_id or '-'}  attempts={letter.attempts}  "
-              f"{letter.error_type}: {letter.error[:120]}")
+              f"{letter.error_type}: {letter.error[:120]}{replayed}")
     print(f"{len(letters)} dead letter(s) on {dlq_topic(stage, settings.topic_prefix)}", file=sys.stderr)
     return 0
 
 
 async def dlq_replay(settings: Settings, stage: str, *, job_ids: set[str] | None, tenant: str | None = None) -> int:
-    """Send dead-lettered records back to the stage's input topic, byte for byte."""
+    """Send dead-lettered records back to the stage's input topic, byte for byte, and mark their
+    jobs' stage running again; a job already replayed (its stage no longer failed) is skipped."""
     letters = [l for l in await _letters(settings, stage, tenant) if not job_ids or l.job_id in job_ids]
     missing = sorted((job_ids or set()) - {l.job_id for l in letters})
+    states = await _stage_states(settings, stage, letters)
+    replayed_before = [l for l in letters if states.get(l.job_id or "") not in (None, StageState.failed)]
+    letters = [l for l in letters if l not in replayed_before]
+    store = _job_store(settings)
     producer = make_producer(settings)
     await producer.start()
     try:
@@ -88,9 +122,16 @@ async def dlq_replay(settings: Settings, stage: str, *, job_ids: set[str] | None
             headers = [(k, v.encode()) for k, v in letter.original_headers]
             key = letter.job_id.encode() if letter.job_id else None
             await producer.send_and_wait(topic, letter.original(), key=key, headers=headers)
+            if letter.job_id and store:  # its status says it is back in the queue, and a second replay skips it
+                await store.update_stage(letter.job_id, stage, StageState.running, attempts=0)
     finally:
         await producer.stop()
+        if store:
+            await store.close()
     print(f"replayed {len(letters)} record(s) to {topic}")
+    if replayed_before:
+        print(f"skipped {len(replayed_before)} already replayed: job(s) "
+              f"{', '.join(l.job_id or '-' for l in replayed_before[:10])} (see conveyor status)")
     if missing:
         print(f"conveyor: no dead letter for job(s) {', '.join(missing)} on {dlq_topic(stage, settings.topic_prefix)}",
               file=sys.stderr)
