@@ -73,3 +73,12 @@ def test_client_commands_use_the_homes_key_and_say_what_to_do_without_one(broker
     for result in (elsewhere, wrong):
         assert result.returncode == 1 and result.stderr.count("\n") == 1 and "CONVEYOR_API_KEY" in result.stderr
     assert "no API key" in elsewhere.stderr and "refused the API key" in wrong.stderr
+
+
+def test_a_gateway_with_a_broken_key_file_refuses_to_start_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "api-keys.json").write_text('[{"id": "short"}]')
+    result = subprocess.run([sys.executable, "-m", "conveyor.gateway"], capture_output=True, text=True, timeout=60,
+                            env={**{k: v for k, v in os.environ.items() if not k.startswith("CONVEYOR_")},
+                                 "CONVEYOR_HOME": str(tmp_path)})
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "api-keys.json is not a valid key file" in result.stderr
