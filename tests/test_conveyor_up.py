@@ -19,8 +19,16 @@ from pipeline_harness import wait_until_ready
 pytestmark = pytest.mark.slow
 
 
+def gateway_and_metrics_ports(count: int = 8) -> tuple[int, int]:
+    """A gateway port and the first of `count` metrics ports that do not include it."""
+    port, base = free_port(), free_port()
+    while port in range(base, base + count):
+        base = free_port()
+    return port, base
+
+
 def test_up_runs_the_pipeline_and_stops_cleanly(tmp_path) -> None:
-    port, metrics_base = free_port(), free_port()
+    port, metrics_base = gateway_and_metrics_ports()
     env = {**os.environ, "CONVEYOR_HOME": str(tmp_path / "state"), "CONVEYOR_GATEWAY_PORT": str(port),
            "CONVEYOR_SESSION_TIMEOUT_MS": "6000", "CONVEYOR_TEXTRANK_PROCESSES": "1"}
     up = subprocess.Popen([sys.executable, "-m", "conveyor.cli.main", "up", "--workers", "2", "--summarizers", "1",
@@ -86,7 +94,7 @@ def test_a_notifier_without_a_webhook_secret_refuses_to_start_in_one_line(tmp_pa
 
 @pytest.mark.parametrize("clash", ["gateway", "metrics"])
 def test_a_taken_port_stops_up_at_once_with_one_line(tmp_path, clash: str) -> None:
-    port, metrics_base = free_port(), free_port()
+    port, metrics_base = gateway_and_metrics_ports()
     holder = socket.create_server(("127.0.0.1", port if clash == "gateway" else metrics_base))
     try:
         env = {**os.environ, "CONVEYOR_HOME": str(tmp_path / "state"), "CONVEYOR_GATEWAY_PORT": str(port)}
@@ -101,13 +109,23 @@ def test_a_taken_port_stops_up_at_once_with_one_line(tmp_path, clash: str) -> No
     assert not (tmp_path / "state" / "logs").exists(), "nothing was started"
 
 
+def test_a_gateway_port_inside_the_metrics_ports_is_refused_in_one_line(tmp_path) -> None:
+    base = free_port()
+    env = {**os.environ, "CONVEYOR_HOME": str(tmp_path / "state"), "CONVEYOR_GATEWAY_PORT": str(base + 2)}
+    result = subprocess.run([sys.executable, "-m", "conveyor.cli.main", "up", "--metrics-port", str(base)],
+                            env=env, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"conveyor up: the gateway port {base + 2} is inside the metrics ports "
+                                     f"{base}-{base + 3}: choose another CONVEYOR_GATEWAY_PORT or --metrics-port")
+
+
 def test_trace_console_prints_spans_in_the_terminal_of_up(tmp_path) -> None:
-    port = free_port()
+    port, metrics_base = gateway_and_metrics_ports()
     env = {**os.environ, "CONVEYOR_HOME": str(tmp_path / "state"), "CONVEYOR_GATEWAY_PORT": str(port),
            "CONVEYOR_SESSION_TIMEOUT_MS": "6000", "CONVEYOR_TEXTRANK_PROCESSES": "1"}
     terminal = open(tmp_path / "terminal.txt", "w")  # read at the end: a pipe nobody drains would fill
     up = subprocess.Popen([sys.executable, "-m", "conveyor.cli.main", "up", "--trace-console",
-                           "--metrics-port", str(free_port())], env=env, stdout=terminal,
+                           "--metrics-port", str(metrics_base)], env=env, stdout=terminal,
                           stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -128,10 +146,10 @@ def test_trace_console_prints_spans_in_the_terminal_of_up(tmp_path) -> None:
 
 
 def test_a_sigkilled_up_leaves_nothing_running(tmp_path) -> None:
-    port = free_port()
+    port, metrics_base = gateway_and_metrics_ports()
     env = {**os.environ, "CONVEYOR_HOME": str(tmp_path / "state"), "CONVEYOR_GATEWAY_PORT": str(port),
            "CONVEYOR_TEXTRANK_PROCESSES": "1"}
-    up = subprocess.Popen([sys.executable, "-m", "conveyor.cli.main", "up", "--metrics-port", str(free_port())],
+    up = subprocess.Popen([sys.executable, "-m", "conveyor.cli.main", "up", "--metrics-port", str(metrics_base)],
                           env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert wait_until_ready(f"http://127.0.0.1:{port}", timeout=60), "conveyor up: gateway never became ready"

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from conveyor.cli import running
-from conveyor.cli.embedded_broker import EmbeddedBroker
+from conveyor.cli.embedded_broker import EmbeddedBroker, free_port
 from conveyor.cli.services import service_argv
 from conveyor.cli.local_credentials import local_api_key, local_webhook_secret
 from conveyor.isolation import die_with_parent
@@ -117,7 +117,7 @@ class Supervisor:
             env["CONVEYOR_WEBHOOK_SECRET"], webhook_key = local_webhook_secret(home)
         _, api_key = local_api_key(home, self.settings.resolved_api_keys_file())
         if self.embedded:
-            broker = EmbeddedBroker(log_path=log_dir / "broker.log").start()
+            broker = EmbeddedBroker(self._broker_port(), log_path=log_dir / "broker.log").start()
             env["CONVEYOR_BOOTSTRAP_SERVERS"] = broker.bootstrap
         bootstrap = env.get("CONVEYOR_BOOTSTRAP_SERVERS", self.settings.bootstrap_servers)
         children = plan_children(self.settings, self.workers, base_metrics_port=self.base_metrics_port,
@@ -151,13 +151,27 @@ class Supervisor:
         if not _is_free(*gateway):
             return (f"the gateway port {gateway[1]} on {gateway[0]} is taken (another program, or a second "
                     "`conveyor up`?): stop it, or choose another with CONVEYOR_GATEWAY_PORT")
-        count = 1 + sum(self.workers.values())  # the gateway's, then each worker's
-        ports = range(self.base_metrics_port, self.base_metrics_port + count)
+        ports = self._metrics_ports()
+        if gateway[1] in ports:
+            return (f"the gateway port {gateway[1]} is inside the metrics ports {ports.start}-{ports.stop - 1}: "
+                    "choose another CONVEYOR_GATEWAY_PORT or --metrics-port")
         busy = [port for port in ports if not _is_free("127.0.0.1", port)]
         if busy:
             return (f"metrics port(s) {', '.join(map(str, busy))} are taken: choose another range "
-                    f"with --metrics-port (this run needs {count} from {self.base_metrics_port})")
+                    f"with --metrics-port (this run needs {len(ports)} from {self.base_metrics_port})")
         return None
+
+    def _metrics_ports(self) -> range:
+        """The gateway's, then each worker's."""
+        return range(self.base_metrics_port, self.base_metrics_port + 1 + sum(self.workers.values()))
+
+    def _broker_port(self) -> int:
+        """A free port that none of this run's processes is about to bind (a random one could be)."""
+        planned = {self.settings.gateway_port, *self._metrics_ports()}
+        port = free_port()
+        while port in planned:
+            port = free_port()
+        return port
 
     def _request_stop(self, signum: int, frame: object) -> None:
         if not self.stopping:
