@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import psutil
 import pytest
 
 from conveyor.cli.embedded_broker import free_port
+from conveyor.cli.supervisor import port_is_free
 from documents import english_text
 from pipeline_harness import wait_until_ready
 
@@ -20,11 +22,14 @@ pytestmark = pytest.mark.slow
 
 
 def gateway_and_metrics_ports(count: int = 8) -> tuple[int, int]:
-    """A gateway port and the first of `count` metrics ports that do not include it."""
-    port, base = free_port(), free_port()
-    while port in range(base, base + count):
-        base = free_port()
-    return port, base
+    """A gateway port and the first of `count` free metrics ports that do not include it, below the
+    ephemeral range: there, no outgoing connection of the suite takes one of them meanwhile."""
+    port = free_port()
+    while True:
+        base = random.randrange(20_000, 30_000)
+        ports = range(base, base + count)
+        if port not in ports and all(port_is_free("127.0.0.1", p) for p in ports):
+            return port, base
 
 
 def test_up_runs_the_pipeline_and_stops_cleanly(tmp_path) -> None:

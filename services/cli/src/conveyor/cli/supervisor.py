@@ -67,7 +67,7 @@ def plan_children(settings: Settings, workers: dict[str, int], *, base_metrics_p
     return children
 
 
-def _is_free(host: str, port: int) -> bool:
+def port_is_free(host: str, port: int) -> bool:
     with socket.socket() as probe:
         # As the servers bind: a port held only by closing connections (TIME_WAIT) counts as free.
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -148,14 +148,14 @@ class Supervisor:
         """What stands in the way of the ports this run needs (another program, or a second
         `conveyor up`), as a line that says what to change; None when they are all free."""
         gateway = (self.settings.gateway_host, self.settings.gateway_port)
-        if not _is_free(*gateway):
+        if not port_is_free(*gateway):
             return (f"the gateway port {gateway[1]} on {gateway[0]} is taken (another program, or a second "
                     "`conveyor up`?): stop it, or choose another with CONVEYOR_GATEWAY_PORT")
         ports = self._metrics_ports()
         if gateway[1] in ports:
             return (f"the gateway port {gateway[1]} is inside the metrics ports {ports.start}-{ports.stop - 1}: "
                     "choose another CONVEYOR_GATEWAY_PORT or --metrics-port")
-        busy = [port for port in ports if not _is_free("127.0.0.1", port)]
+        busy = [port for port in ports if not port_is_free("127.0.0.1", port)]
         if busy:
             return (f"metrics port(s) {', '.join(map(str, busy))} are taken: choose another range "
                     f"with --metrics-port (this run needs {len(ports)} from {self.base_metrics_port})")
