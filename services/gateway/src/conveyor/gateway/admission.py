@@ -16,6 +16,7 @@ import time
 from fastapi import HTTPException
 
 from conveyor import metrics
+from conveyor.pacing import Budget
 from conveyor.stores.base import JobStore
 
 QUOTA_REFRESH_SECONDS = 1.0
@@ -29,18 +30,18 @@ def refuse(status: int, reason: str, detail: str, retry_after: float) -> HTTPExc
 
 class TenantRate:
     def __init__(self, per_second: float) -> None:
-        self.rate, self.burst = per_second, max(1.0, 2 * per_second)
-        self._buckets: dict[str, tuple[float, float]] = {}  # tenant -> (tokens, at)
+        self.rate = per_second
+        self._budgets: dict[str, Budget] = {}  # tenant -> its token bucket
 
     def take(self, tenant: str) -> None:
-        now = time.monotonic()
-        tokens, at = self._buckets.get(tenant, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - at) * self.rate)
-        if tokens < 1:
-            self._buckets[tenant] = (tokens, now)
+        budget = self._budgets.get(tenant)
+        if budget is None:
+            budget = self._budgets[tenant] = Budget(self.rate * 60, burst=2 * self.rate)
+        wait = budget.wait_for(1)
+        if wait > 0:
             raise refuse(429, "rate_limited", f"tenant {tenant} is over its rate of {self.rate:g} requests a second",
-                         (1 - tokens) / self.rate)
-        self._buckets[tenant] = (tokens - 1, now)
+                         wait)
+        budget.spend(1)
 
 
 class ActiveJobQuota:
