@@ -143,20 +143,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Admit, build and publish the job: its id, and False when it is a repeat of an earlier
         request with the same Idempotency-Key (nothing new is published then). Admission is
         `checked` already for uploads, before their body is read."""
-        if idempotency_key is None:
-            if not checked:
-                await admit(request, tenant)
-            return await publish(request, await event(uuid.uuid4().hex)), True
         idempotency = request.app.state.idempotency
-        job_id, new = await idempotency.claim(tenant, idempotency_key, digest())
-        if not new:
-            return job_id, False
+        job_id = uuid.uuid4().hex
+        if idempotency_key is not None:
+            job_id, new = await idempotency.claim(tenant, idempotency_key, digest())
+            if not new:
+                return job_id, False
         try:
             if not checked:
                 await admit(request, tenant)
             return await publish(request, await event(job_id)), True
         except BaseException:
-            await idempotency.release(tenant, idempotency_key, job_id)
+            if idempotency_key is not None:  # not accepted: the key is free for a retry
+                await idempotency.release(tenant, idempotency_key, job_id)
             raise
 
     async def publish(request: Request, event: Event) -> str:
