@@ -87,6 +87,18 @@ async def test_create_is_idempotent(store: JobStore) -> None:
     assert loaded is not None and loaded.stages["extractor"].state == StageState.running
 
 
+async def test_concurrent_creates_land_once_each_with_their_count(store: JobStore) -> None:
+    # 900 at once: one SQLite group, more rows than one INSERT statement carries, repeats inside it.
+    records = [_record(tenant="acme") for _ in range(900)]
+    await store.create(records[0])
+    await store.update_stage(records[0].job_id, "extractor", StageState.running, attempts=1)
+    await asyncio.gather(*(store.create(record) for record in [*records, *records[:50]]))
+    assert await store.active_jobs("acme") == 900
+    loaded = await store.get(records[0].job_id)
+    assert loaded is not None and loaded.stages["extractor"].state == StageState.running  # not reset
+    assert await store.get(records[-1].job_id) == records[-1]
+
+
 async def test_update_stage_transitions(store: JobStore) -> None:
     record = _record()
     await store.create(record)

@@ -86,6 +86,12 @@ def test_unusable_document_fails_with_a_clear_error(pipeline: Pipeline) -> None:
     ("request_kwargs", "status", "message"),
     [
         ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "malformed JSON"),
+        ({"content": b"", "headers": {"content-type": "application/json"}}, 422, "Field required"),
+        ({"content": b'{"user_id": "u", "content": "x"}', "headers": {"content-type": "text/plain"}}, 422,
+         "must be JSON"),
+        ({"content": b"[1, 2]", "headers": {"content-type": "application/json"}}, 422, '"loc": ["body"]'),
+        ({"json": {"user_id": "u", "content": "x"}, "headers": {"idempotency-key": "has spaces"}}, 422,
+         "Idempotency-Key"),
         ({"json": {"content": "text without a user"}}, 422, "user_id"),
         ({"json": {"user_id": "u", "content": ""}}, 422, "content"),
         ({"json": {"user_id": "u", "content": "x", "surprise": 1}}, 422, "surprise"),
@@ -174,6 +180,16 @@ def test_redeliver_answers_4xx_for_what_it_cannot_resend(pipeline: Pipeline) -> 
     pipeline.wait_for([job_id])
     answer = pipeline.client.post(f"/jobs/{job_id}/redeliver")
     assert answer.status_code == 409 and "no callback_url" in answer.json()["detail"]
+
+
+def test_a_submission_answers_where_to_follow_it_and_is_measured_under_its_route(pipeline: Pipeline) -> None:
+    answer = pipeline.client.post("/submit", json={"user_id": "u", "content": "Rivers rise. Rivers fall."})
+    assert answer.status_code == 202
+    body = answer.json()
+    assert body["status"] == "queued" and body["status_url"] == f"{pipeline.url}/jobs/{body['job_id']}"
+    assert pipeline.client.get(f"/jobs/{body['job_id']}").status_code == 200
+    assert 'conveyor_http_requests_total{method="POST",route="/submit",status="202"}' in \
+        httpx.get(f"{pipeline.operations_url}/metrics").text
 
 
 def test_unknown_job_is_404(pipeline: Pipeline) -> None:

@@ -34,6 +34,7 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys (created)",
 )
 _SELECT_CHUNK = 500
+_INSERT_CHUNK = 400  # rows per INSERT statement: 800 variables, far below SQLite's limit
 # Applied to a job's current record (None when there is none): (record to write or None, result).
 _Operation = Callable[[JobRecord | None], tuple[JobRecord | None, Any]]
 
@@ -86,6 +87,26 @@ def _track_active(db: sqlite3.Connection, changes: list[tuple[JobRecord | None, 
         db.executemany("INSERT OR IGNORE INTO active_jobs VALUES (?, ?)", revived)
 
 
+def _insert_new(db: sqlite3.Connection, rows: list[tuple[str, str]], unfinished: dict[str, str]) -> None:
+    """Insert the records that do not exist yet (a repeated create changes nothing), and count the
+    unfinished ones among them as active, in one transaction."""
+    with db:
+        db.execute("BEGIN")
+        for start in range(0, len(rows), _INSERT_CHUNK):
+            chunk = rows[start:start + _INSERT_CHUNK]
+            inserted = db.execute(f"INSERT OR IGNORE INTO jobs VALUES {_marks(len(chunk), 2)} RETURNING job_id",
+                                  [value for row in chunk for value in row]).fetchall()
+            active = [(job_id, unfinished[job_id]) for (job_id,) in inserted if job_id in unfinished]
+            if active:
+                db.execute(f"INSERT OR IGNORE INTO active_jobs VALUES {_marks(len(active), 2)}",
+                           [value for row in active for value in row])
+
+
+def _marks(rows: int, columns: int) -> str:
+    row = "(" + ",".join("?" * columns) + ")"
+    return ",".join([row] * rows)
+
+
 class SqliteJobStore(JobStore):
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -119,18 +140,12 @@ class SqliteJobStore(JobStore):
     async def _flush_inserts(self) -> None:
         while self._pending:
             batch, self._pending = self._pending, []
-
-            def insert(db: sqlite3.Connection) -> None:
-                with db:  # one transaction for the whole batch
-                    db.execute("BEGIN")
-                    for record, _ in batch:
-                        new = db.execute("INSERT OR IGNORE INTO jobs VALUES (?, ?)",
-                                         (record.job_id, record.model_dump_json())).rowcount
-                        if new and not record.finished():  # a repeated create changes nothing
-                            db.execute("INSERT OR IGNORE INTO active_jobs VALUES (?, ?)", (record.job_id, record.tenant))
-
+            # Serialized here, so the database thread runs one statement per table and batch and
+            # waits for the interpreter lock a few times per batch, not a few times per row.
+            rows = [(record.job_id, record.model_dump_json()) for record, _ in batch]
+            unfinished = {record.job_id: record.tenant for record, _ in batch if not record.finished()}
             try:
-                await self._run(insert)
+                await self._run(lambda db: _insert_new(db, rows, unfinished))
             except Exception as exc:  # noqa: BLE001 - handed to every waiting caller
                 for _, done in batch:
                     done.set_exception(exc)

@@ -9,7 +9,6 @@ wrong, so an answer never tells which part of a guess was right.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from conveyor import metrics
 from conveyor.credentials import PREFIX, TENANT_PATTERN, KeyRing
 from conveyor.gateway.admission import TenantRate
+from conveyor.gateway.answers import encoded_headers, send_json
 from conveyor.gateway.oidc import OidcVerifier
 from conveyor.settings import Settings
 
@@ -73,29 +73,27 @@ class Authenticate:
 
     def __init__(self, app: ASGIApp, *, authenticator: Authenticator, rate: TenantRate, open_paths: set[str]) -> None:
         self.app, self.authenticator, self.rate, self.open_paths = app, authenticator, rate, open_paths
+        self.unauthenticated = metrics.HTTP_REFUSED.labels("unauthenticated")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.open_paths:
             return await self.app(scope, receive, send)
-        authorization = next((value for name, value in scope["headers"] if name == b"authorization"), None)
-        principal = await self.authenticator.principal(authorization.decode("latin-1") if authorization else None)
+        authorization = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+                break
+        principal = await self.authenticator.principal(authorization)
         if principal is None:
-            metrics.HTTP_REFUSED.labels("unauthenticated").inc()
-            return await _answer(send, 401, UNAUTHORIZED, [(b"www-authenticate", b"Bearer")])
+            self.unauthenticated.inc()
+            return await send_json(send, 401, {"detail": UNAUTHORIZED}, [(b"www-authenticate", b"Bearer")])
         try:
             self.rate.take(principal.tenant)
         except HTTPException as refused:
-            return await _answer(send, refused.status_code, refused.detail,
-                                 [(name.encode(), value.encode()) for name, value in (refused.headers or {}).items()])
+            return await send_json(send, refused.status_code, {"detail": refused.detail},
+                                   encoded_headers(refused.headers))
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
-
-
-async def _answer(send: Send, status: int, detail: str, headers: list[tuple[bytes, bytes]]) -> None:
-    body = json.dumps({"detail": detail}).encode()
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]})
-    await send({"type": "http.response.body", "body": body})
 
 
 _bearer = HTTPBearer(auto_error=False, description="An API key (`cvk_...`) or an OIDC access token.")

@@ -1,0 +1,72 @@
+"""Accepting a job: admission, its status record and its first event, published durably.
+
+One place for what `/submit` and `/upload` promise with their 202: the tenant was admitted (quota,
+pipeline backlog), an `Idempotency-Key` repeat got the first request's job, and the job's record
+is stored and its event acknowledged by every in-sync replica before the answer goes out.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+
+from aiokafka import AIOKafkaProducer
+
+from conveyor import tracing
+from conveyor.events import Event, Payload
+from conveyor.gateway.admission import ActiveJobQuota, BacklogBound
+from conveyor.gateway.idempotency import Idempotency
+from conveyor.settings import Settings
+from conveyor.stores.base import JobRecord, JobStore
+from conveyor.topics import input_topic
+
+
+class Intake:
+    def __init__(self, settings: Settings, producer: AIOKafkaProducer, store: JobStore, backlog: BacklogBound) -> None:
+        self.topic = input_topic("extractor", settings.topic_prefix)
+        self.producer, self.store, self.backlog = producer, store, backlog
+        self.quota = ActiveJobQuota(store, settings.tenant_max_active_jobs)
+        self.idempotency = Idempotency(store, settings.idempotency_ttl_seconds)
+
+    async def admit(self, tenant: str) -> None:
+        """Refuse new work the tenant's quota or the pipeline cannot take (before any is stored)."""
+        self.backlog.check()
+        await self.quota.check(tenant)
+
+    async def accept(self, tenant: str, idempotency_key: str | None, digest: Callable[[], str],
+                     event: Callable[[str], Awaitable[Event]], *, admitted: bool = False) -> tuple[str, bool]:
+        """Admit, build and publish the job: its id, and False when it is a repeat of an earlier
+        request with the same Idempotency-Key (nothing new is published then). Uploads are
+        `admitted` already, before their body is read."""
+        job_id = uuid.uuid4().hex
+        if idempotency_key is not None:
+            job_id, new = await self.idempotency.claim(tenant, idempotency_key, digest())
+            if not new:
+                return job_id, False
+        try:
+            if not admitted:
+                await self.admit(tenant)
+            await self.publish(await event(job_id))
+            return job_id, True
+        except BaseException:
+            if idempotency_key is not None:  # not accepted: the key is free for a retry
+                await self.idempotency.release(tenant, idempotency_key, job_id)
+            raise
+
+    async def publish(self, event: Event) -> None:
+        await self.store.create(JobRecord(job_id=event.job_id, tenant=event.tenant, user_id=event.user_id,
+                                          callback_url=event.callback_url, meta=event.meta))
+        self.quota.accepted(event.tenant)
+        with tracing.produce_span(self.topic, job_id=event.job_id):
+            trace = tracing.trace_dict()
+            if trace:
+                event = event.model_copy(update={"trace": trace})
+            # Waiting for the broker's ack is the promise behind 202: the job is durable now.
+            await self.producer.send_and_wait(self.topic, event.to_bytes(), key=event.job_id.encode(),
+                                              headers=tracing.kafka_headers())
+
+
+def new_event(job_id: str, tenant: str, user_id: str, payload: Payload, callback_url: object,
+              **meta: object) -> Event:
+    return Event(job_id=job_id, tenant=tenant, user_id=user_id, stage="extractor", payload=payload,
+                 callback_url=str(callback_url) if callback_url else None, meta=dict(meta))
