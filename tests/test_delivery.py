@@ -13,6 +13,7 @@ import pytest
 
 from conveyor.cli.kafka_commands import read_dead_letters
 from conveyor.kafka.clients import make_producer
+from conveyor.kafka.lag import group_lag
 from conveyor.cli.embedded_broker import free_port
 from conveyor.settings import Settings
 from conveyor.topics import input_topic
@@ -206,3 +207,35 @@ def test_sigterm_commits_and_leaves_cleanly(pipeline: Pipeline) -> None:
     pipeline.wait_for(jobs)
     lag = run_cli(pipeline, "lag")
     assert "total lag: 0" in lag
+
+
+def test_a_worker_uses_the_dead_letter_topic_and_group_it_is_bound_to(pipeline: Pipeline) -> None:
+    bindings = {"CONVEYOR_DLQ_TOPIC": f"{pipeline.prefix}.team-dead", "CONVEYOR_CONSUMER_GROUP": f"{pipeline.prefix}-team"}
+    pipeline.start_gateway()
+    pipeline.start_worker("extractor", env=bindings)
+    pipeline.start_worker("summarizer")
+    pipeline.start_worker("notifier")
+    settings = pipeline_settings(pipeline)
+
+    async def produce_garbage() -> None:
+        producer = make_producer(settings)
+        await producer.start()
+        await producer.send_and_wait(input_topic("extractor", pipeline.prefix), GARBAGE[0])
+        await producer.stop()
+
+    asyncio.run(produce_garbage())
+    pipeline.wait_for([pipeline.submit(english_text(seed=6))])
+
+    bound = settings.model_copy(update={"dlq_topic": bindings["CONVEYOR_DLQ_TOPIC"]})
+    assert [letter.original() for letter in asyncio.run(read_dead_letters(bound, "extractor"))] == [GARBAGE[0]]
+    assert asyncio.run(read_dead_letters(settings, "extractor", idle_ms=500)) == []  # not the derived DLQ
+    topic = [input_topic("extractor", pipeline.prefix)]
+
+    def committed(group: str) -> int:
+        return sum(max(0, part.committed) for part in asyncio.run(group_lag(settings, group, topic)))
+
+    deadline = time.monotonic() + 10  # commits follow on the commit interval
+    while committed(bindings["CONVEYOR_CONSUMER_GROUP"]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert committed(bindings["CONVEYOR_CONSUMER_GROUP"]) == 2  # the garbage and the job
+    assert committed(f"{pipeline.prefix}-extractor") == 0  # the derived group never joined

@@ -1,7 +1,8 @@
 """All configuration, read once from `CONVEYOR_*` environment variables.
 
 Every field's default is the embedded, single-machine setup; production overrides them through the
-Helm chart's ConfigMap and Secret. A wrong value fails at start-up naming its env var.
+Helm chart's ConfigMap and Secret. A wrong value fails at start-up naming its env var, and so does
+a `CONVEYOR_*` name no part of Conveyor reads (`conveyor.variables`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from typing import Annotated, Literal
 
 from pydantic import Field, NonNegativeFloat, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from conveyor.variables import OWNED_PREFIXES, READ_ELSEWHERE, unknown_variables, variables_of
 
 DEFAULT_HOME = Path(".conveyor")
 
@@ -38,6 +41,10 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(
         1_048_576, ge=1024, description="Producer max request size; larger payloads use the blob store."
     )
+    # A stage's bindings: set per stage by the operator; empty means the stage's own name.
+    input_topic: str | None = Field(None, description="Topic a stage worker reads; default `<prefix>.<stage>`.")
+    dlq_topic: str | None = Field(None, description="A stage's dead-letter topic; default `<input topic>.dlq`.")
+    consumer_group: str | None = Field(None, description="A stage's consumer group; default `<prefix>-<stage>`.")
 
     # --- Delivery ------------------------------------------------------------------------------
     batch_size: int = Field(64, ge=1, description="Records a worker fetches at once.")
@@ -205,6 +212,10 @@ def get_settings() -> Settings:
 def load_settings() -> Settings:
     """Settings for a service's entry point: a bad value ends the process with exit code 2 and
     one line per bad variable."""
+    unknown = unknown_variables(os.environ, variables_of(Settings) | set(READ_ELSEWHERE), owned=OWNED_PREFIXES)
+    if unknown:
+        print("\n".join(unknown), file=sys.stderr)
+        raise SystemExit(2)
     try:
         return Settings()
     except ValidationError as exc:

@@ -6,6 +6,11 @@ Data flows one way: gateway -> extract -> summarize -> notify. The chart, the op
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from conveyor.settings import Settings
+
 STAGES: tuple[str, ...] = ("extractor", "summarizer", "notifier")
 
 _INPUT_SUFFIX = {"extractor": "extract", "summarizer": "summarize", "notifier": "notify"}
@@ -21,6 +26,14 @@ def dlq_topic(stage: str, prefix: str = "conveyor") -> str:
 
 def consumer_group(stage: str, prefix: str = "conveyor") -> str:
     return f"{prefix}-{stage}"
+
+
+def stage_bindings(stage: str, settings: Settings) -> tuple[str, str, str]:
+    """The input topic, dead-letter topic and consumer group a stage's worker uses: its bindings
+    (`CONVEYOR_INPUT_TOPIC`, `_DLQ_TOPIC`, `_CONSUMER_GROUP`, set per stage by the operator), else
+    the names derived from the stage and the prefix."""
+    topic = settings.input_topic or input_topic(stage, settings.topic_prefix)
+    return topic, settings.dlq_topic or f"{topic}.dlq", settings.consumer_group or consumer_group(stage, settings.topic_prefix)
 
 
 def next_stage(stage: str) -> str | None:

@@ -18,7 +18,7 @@ from conveyor.settings import Settings, load_settings
 from conveyor.stores import open_blob_store, open_job_store
 from conveyor.stores.base import JobStore
 from conveyor.stores.blobs import BlobStore
-from conveyor.topics import dlq_topic, input_topic
+from conveyor.topics import stage_bindings
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,8 @@ async def run_worker(stage_name: str, build_stage: StageFactory, settings: Setti
     tracing.setup_tracing(stage_name, console=settings.trace_console)
     await wait_for_broker(settings)
     if settings.create_topics:
-        prefix = settings.topic_prefix
-        await ensure_topics(settings, [input_topic(stage_name, prefix), dlq_topic(stage_name, prefix)])
+        topic, dlq, _ = stage_bindings(stage_name, settings)
+        await ensure_topics(settings, [topic, dlq])
     async with AsyncExitStack() as resources:
         store = open_job_store(settings)
         resources.push_async_callback(store.close)

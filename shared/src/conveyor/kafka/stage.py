@@ -44,7 +44,7 @@ from conveyor.kafka.dead_letters import dead_letter_for
 from conveyor.kafka.offsets import PartitionOffsets
 from conveyor.settings import Settings
 from conveyor.stores.base import JobStore, StageState
-from conveyor.topics import consumer_group, dlq_topic, input_topic
+from conveyor.topics import input_topic, stage_bindings
 
 log = logging.getLogger(__name__)
 
@@ -130,9 +130,7 @@ class StageWorker:
         self.stage = stage
         self.settings = settings
         self.store = store
-        self.topic = input_topic(stage.name, settings.topic_prefix)
-        self.dlq = dlq_topic(stage.name, settings.topic_prefix)
-        self.group = consumer_group(stage.name, settings.topic_prefix)
+        self.topic, self.dlq, self.group = stage_bindings(stage.name, settings)
         self.ready = False
         self.last_poll = time.monotonic()
         self._stopping = asyncio.Event()

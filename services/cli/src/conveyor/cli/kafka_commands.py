@@ -18,7 +18,7 @@ from conveyor.kafka.lag import group_lag
 from conveyor.settings import Settings
 from conveyor.stores import open_job_store
 from conveyor.stores.base import JobStore, StageState
-from conveyor.topics import STAGES, all_topics, consumer_group, dlq_topic, input_topic
+from conveyor.topics import STAGES, all_topics, consumer_group, input_topic, stage_bindings
 
 
 async def topics(settings: Settings, *, create: bool) -> int:
@@ -51,7 +51,7 @@ async def lag(settings: Settings, *, as_json: bool) -> int:
 
 async def read_dead_letters(settings: Settings, stage: str, *, idle_ms: int = 1500) -> list[DeadLetter]:
     """Every record on the stage's DLQ, read with no consumer group (reading changes nothing)."""
-    consumer = make_consumer(settings, dlq_topic(stage, settings.topic_prefix), group_id=None)
+    consumer = make_consumer(settings, stage_bindings(stage, settings)[1], group_id=None)
     letters: list[DeadLetter] = []
     try:
         await consumer.start()
@@ -101,7 +101,7 @@ async def dlq_list(settings: Settings, stage: str, *, tenant: str | None = None)
         replayed = f"  (replayed: {state.value} now)" if state not in (None, StageState.failed) else ""
         print(f"{letter.failed_at:%Y-%m-%d %H:%M:%S}  job={letter.job_id or '-'}  attempts={letter.attempts}  "
               f"{letter.error_type}: {letter.error[:120]}{replayed}")
-    print(f"{len(letters)} dead letter(s) on {dlq_topic(stage, settings.topic_prefix)}", file=sys.stderr)
+    print(f"{len(letters)} dead letter(s) on {stage_bindings(stage, settings)[1]}", file=sys.stderr)
     return 0
 
 
@@ -117,7 +117,7 @@ async def dlq_replay(settings: Settings, stage: str, *, job_ids: set[str] | None
     producer = make_producer(settings)
     await producer.start()
     try:
-        topic = input_topic(stage, settings.topic_prefix)
+        topic = stage_bindings(stage, settings)[0]
         for letter in letters:
             headers = [(k, v.encode()) for k, v in letter.original_headers]
             key = letter.job_id.encode() if letter.job_id else None
@@ -133,7 +133,7 @@ async def dlq_replay(settings: Settings, stage: str, *, job_ids: set[str] | None
         print(f"skipped {len(replayed_before)} already replayed: job(s) "
               f"{', '.join(l.job_id or '-' for l in replayed_before[:10])} (see conveyor status)")
     if missing:
-        print(f"conveyor: no dead letter for job(s) {', '.join(missing)} on {dlq_topic(stage, settings.topic_prefix)}",
+        print(f"conveyor: no dead letter for job(s) {', '.join(missing)} on {stage_bindings(stage, settings)[1]}",
               file=sys.stderr)
         return 1
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 
 import kopf
@@ -19,6 +20,7 @@ from conveyor.operator.handlers import FINALIZER, build_registry
 from conveyor.operator.kafka_admin import KafkaAdmin
 from conveyor.operator.reconciling import Runtime
 from conveyor.settings import invalid_settings, load_settings
+from conveyor.variables import unknown_variables, variables_of
 
 ANNOTATION_PREFIX = "conveyor.dev"
 
@@ -57,6 +59,10 @@ async def serve(config: OperatorConfig, runtime: Runtime, *, stop_flag: asyncio.
 
 def run() -> int:
     """Entry point of `conveyor-operator`; returns the process exit code."""
+    unknown = unknown_variables(os.environ, variables_of(OperatorConfig), prefix="CONVEYOR_OPERATOR_")
+    if unknown:
+        print("\n".join(unknown), file=sys.stderr)
+        return 2
     try:
         config = OperatorConfig()
     except ValidationError as exc:
