@@ -10,19 +10,18 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 
-from aiokafka import AIOKafkaProducer
-
 from conveyor import tracing
 from conveyor.events import Event, Payload
 from conveyor.gateway.admission import ActiveJobQuota, BacklogBound
 from conveyor.gateway.idempotency import Idempotency
+from conveyor.kafka.clients import Producer
 from conveyor.settings import Settings
 from conveyor.stores.base import JobRecord, JobStore
 from conveyor.topics import input_topic
 
 
 class Intake:
-    def __init__(self, settings: Settings, producer: AIOKafkaProducer, store: JobStore, backlog: BacklogBound) -> None:
+    def __init__(self, settings: Settings, producer: Producer, store: JobStore, backlog: BacklogBound) -> None:
         self.topic = input_topic("extractor", settings.topic_prefix)
         self.producer, self.store, self.backlog = producer, store, backlog
         self.quota = ActiveJobQuota(store, settings.tenant_max_active_jobs)
