@@ -14,6 +14,7 @@ from redis import Redis as SyncRedis
 
 from conveyor.errors import TransientError
 from conveyor.cli.embedded_broker import free_port
+from conveyor.stores import records
 from conveyor.stores.base import Delivery, DeliveryState, JobRecord, JobState, JobStore, StageState
 from conveyor.stores.redis_store import RedisJobStore
 from conveyor.stores.sqlite_store import SqliteJobStore
@@ -97,6 +98,35 @@ async def test_concurrent_creates_land_once_each_with_their_count(store: JobStor
     loaded = await store.get(records[0].job_id)
     assert loaded is not None and loaded.stages["extractor"].state == StageState.running  # not reset
     assert await store.get(records[-1].job_id) == records[-1]
+
+
+async def test_an_unfinished_jobs_submission_is_kept_until_it_finishes(store: JobStore) -> None:
+    kept, finished, without = _record(tenant="acme"), _record(tenant="acme"), _record(tenant="acme")
+    await store.create(kept, submission=b'{"job_id": "kept"}')
+    await store.create(finished, submission=b'{"job_id": "finished"}')
+    await store.create(without)
+    await store.create(kept, submission=b"a repeated create changes nothing")
+    await store.complete(finished.job_id, summary="s")
+    assert await store.unfinished_submissions() == [(kept.job_id, b'{"job_id": "kept"}')]
+
+    await store.discard(kept.job_id)  # never accepted: nothing of it is left
+    assert await store.get(kept.job_id) is None
+    assert await store.unfinished_submissions() == []
+    assert await store.active_jobs("acme") == 1  # `without` only
+
+
+async def test_a_restarted_job_runs_every_stage_again(store: JobStore) -> None:
+    record = _record()
+    await store.create(record)
+    await store.update_stage(record.job_id, "extractor", StageState.done, attempts=1)
+    await store.update_stage(record.job_id, "summarizer", StageState.done, attempts=2)
+    await store.transform(record.job_id, records.restarted)
+    loaded = await store.get(record.job_id)
+    assert loaded is not None and loaded.state == JobState.queued
+    assert {name: (p.state, p.attempts) for name, p in loaded.stages.items()} == {
+        "extractor": (StageState.pending, 0), "summarizer": (StageState.pending, 0)}
+    claim = await store.claim_attempt(record.job_id, "summarizer", max_attempts=3, skip_done=True)
+    assert claim.action == "run"  # not skipped: its output was lost with the broker
 
 
 async def test_update_stage_transitions(store: JobStore) -> None:

@@ -151,14 +151,15 @@ class Breaker:
         self._interval = self.probe_seconds
         self._next_probe = now + self._interval
         self._gauge.set(1)
-        log.warning("%s unavailable (%s); circuit open, records wait for it", self.name, why)
+        log.warning("%s unavailable (%s); circuit open, calls wait or are refused until a probe gets through",
+                    self.name, why)
 
     def _success(self) -> None:
         self._successes += 1
         self._consecutive = 0
         self._probing = False
         if self._opened_at is not None:
-            log.warning("%s is back after %.0fs; circuit closed, waiting records resume", self.name,
+            log.warning("%s is back after %.0fs; circuit closed", self.name,
                         self._clock() - self._opened_at)
             self._opened_at = self.opened_since = None
             self._interval = self.probe_seconds

@@ -9,8 +9,6 @@ from aiokafka.helpers import create_ssl_context
 
 from conveyor.settings import Settings
 
-Producer = AIOKafkaProducer  # what make_producer returns, for annotations in the services
-
 
 def connection_kwargs(settings: Settings) -> dict[str, Any]:
     """Bootstrap and security options shared by producers, consumers and admin clients."""

@@ -128,7 +128,18 @@ class JobStore(abc.ABC):
         return claim
 
     @abc.abstractmethod
-    async def create(self, record: JobRecord) -> None: ...
+    async def create(self, record: JobRecord, *, submission: bytes | None = None) -> None:
+        """Store a new job; a second create of the same id (a redelivery) changes nothing. The
+        `submission` (its first event) is kept while the job is unfinished, to re-drive it."""
+
+    @abc.abstractmethod
+    async def discard(self, job_id: str) -> None:
+        """Forget a job that was never accepted (its event could not be published): its record,
+        its place in the active count and its submission."""
+
+    @abc.abstractmethod
+    async def unfinished_submissions(self) -> list[tuple[str, bytes]]:
+        """Every unfinished job that has a submission: (job id, its first event)."""
 
     @abc.abstractmethod
     async def get(self, job_id: str) -> JobRecord | None: ...

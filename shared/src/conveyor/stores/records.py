@@ -63,3 +63,13 @@ def claim(record: JobRecord | None, stage: str, *, max_attempts: int, skip_done:
         attempt = progress.attempts + 1
     updated = with_stage(record, stage, StageState.running, attempts=attempt, error=None) if record else None
     return (updated if updated is not record else None), Claim("run", attempt)
+
+
+def restarted(record: JobRecord) -> JobRecord:
+    """The record of an unfinished job re-driven from its submission (its queued events were lost
+    with the broker): every stage runs again, so stages that skip what they did once do not."""
+    if record.finished():
+        return record
+    now = utcnow()
+    return record.model_copy(update={"stages": {name: StageProgress() for name in record.stages},
+                                     "state": JobState.queued, "error": None, "updated_at": now})

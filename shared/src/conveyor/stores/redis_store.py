@@ -17,7 +17,8 @@ An idempotency key is a string `<prefix>idempotency:<tenant>:<sha256 of the key>
 
 Each tenant's unfinished jobs are a sorted set `<prefix>active:<tenant>` (job id by last update),
 for the active-job quota; with `ttl_seconds`, members older than that are dropped as their
-records expire.
+records expire. An unfinished job's first event is a string `<prefix>submission:<job_id>`,
+deleted when the job finishes, to re-drive it if the events in flight are lost.
 
 The webhook retry schedule is a sorted set `<prefix>deliveries` (job id by due time) and one per
 host, `<prefix>deliveries:<host>`; claims run as Lua scripts, so they are atomic.
@@ -106,8 +107,7 @@ class RedisJobStore(JobStore):
     def key(self, job_id: str) -> str:
         return f"{self.prefix}{job_id}"
 
-    async def create(self, record: JobRecord) -> None:
-        """Store a new job; a second create of the same id (a redelivery) changes nothing."""
+    async def create(self, record: JobRecord, *, submission: bytes | None = None) -> None:
         key = self.key(record.job_id)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hsetnx(key, RECORD_FIELD, _dump(record))
@@ -118,6 +118,27 @@ class RedisJobStore(JobStore):
             created = (await pipe.execute())[0]
         if created and not record.finished():
             await self._redis.zadd(self._active(record.tenant), {record.job_id: time.time()}, nx=True)
+            if submission is not None:  # events are UTF-8 JSON; the client decodes to text
+                await self._redis.set(self._submission(record.job_id), submission.decode("utf-8"),
+                                      ex=self.ttl_seconds or None, nx=True)
+
+    async def discard(self, job_id: str) -> None:
+        record = await self.get(job_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.key(job_id), self._submission(job_id))
+            if record is not None:
+                pipe.zrem(self._active(record.tenant), job_id)
+            await pipe.execute()
+
+    async def unfinished_submissions(self) -> list[tuple[str, bytes]]:
+        found: list[tuple[str, bytes]] = []
+        async for active in self._redis.scan_iter(match=f"{self._active('*')}", count=500):
+            job_ids = await self._redis.zrange(active, 0, -1)
+            for start in range(0, len(job_ids), 500):
+                chunk = job_ids[start:start + 500]
+                events = await self._redis.mget([self._submission(job_id) for job_id in chunk])
+                found += [(job_id, event.encode("utf-8")) for job_id, event in zip(chunk, events) if event is not None]
+        return found
 
     async def get(self, job_id: str) -> JobRecord | None:
         fields = await self._redis.hgetall(self.key(job_id))
@@ -192,6 +213,9 @@ class RedisJobStore(JobStore):
     def _active(self, tenant: str) -> str:
         return f"{self.prefix}active:{tenant}"
 
+    def _submission(self, job_id: str) -> str:
+        return f"{self.prefix}submission:{job_id}"
+
     def _host_schedule(self, host: str) -> str:
         return f"{self._schedule}:{host}"
 
@@ -229,6 +253,7 @@ class RedisJobStore(JobStore):
                     if updated.finished():
                         if not current.finished():
                             pipe.zrem(self._active(updated.tenant), job_id)
+                            pipe.delete(self._submission(job_id))
                     elif current.finished() or self.ttl_seconds:  # revived, or its expiry moved
                         pipe.zadd(self._active(updated.tenant), {job_id: time.time()})
                     await pipe.execute()

@@ -28,6 +28,8 @@ _SCHEMA = (
     # Unfinished jobs per tenant (the active-job quota): a row while the job is not finished.
     "CREATE TABLE IF NOT EXISTS active_jobs (job_id TEXT PRIMARY KEY, tenant TEXT NOT NULL)",
     "CREATE INDEX IF NOT EXISTS active_jobs_tenant ON active_jobs (tenant)",
+    # Each unfinished job's first event, to re-drive it when the events in flight are lost.
+    "CREATE TABLE IF NOT EXISTS submissions (job_id TEXT PRIMARY KEY, event BLOB NOT NULL)",
     # Idempotency keys: the first request's body digest and job, per tenant and key.
     "CREATE TABLE IF NOT EXISTS idempotency_keys (tenant TEXT NOT NULL, key TEXT NOT NULL, digest TEXT NOT NULL, "
     "job_id TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY (tenant, key))",
@@ -83,13 +85,15 @@ def _track_active(db: sqlite3.Connection, changes: list[tuple[JobRecord | None, 
                if not after.finished() and (before is None or before.finished())]
     if ended:
         db.executemany("DELETE FROM active_jobs WHERE job_id = ?", ended)
+        db.executemany("DELETE FROM submissions WHERE job_id = ?", ended)
     if revived:
         db.executemany("INSERT OR IGNORE INTO active_jobs VALUES (?, ?)", revived)
 
 
-def _insert_new(db: sqlite3.Connection, rows: list[tuple[str, str]], unfinished: dict[str, str]) -> None:
-    """Insert the records that do not exist yet (a repeated create changes nothing), and count the
-    unfinished ones among them as active, in one transaction."""
+def _insert_new(db: sqlite3.Connection, rows: list[tuple[str, str]], unfinished: dict[str, str],
+                submissions: dict[str, bytes]) -> None:
+    """Insert the records that do not exist yet (a repeated create changes nothing), count the
+    unfinished ones among them as active and keep their submissions, in one transaction."""
     with db:
         db.execute("BEGIN")
         for start in range(0, len(rows), _INSERT_CHUNK):
@@ -100,6 +104,10 @@ def _insert_new(db: sqlite3.Connection, rows: list[tuple[str, str]], unfinished:
             if active:
                 db.execute(f"INSERT OR IGNORE INTO active_jobs VALUES {_marks(len(active), 2)}",
                            [value for row in active for value in row])
+            kept = [(job_id, submissions[job_id]) for job_id, _ in active if job_id in submissions]
+            if kept:
+                db.execute(f"INSERT OR IGNORE INTO submissions VALUES {_marks(len(kept), 2)}",
+                           [value for row in kept for value in row])
 
 
 def _marks(rows: int, columns: int) -> str:
@@ -117,7 +125,7 @@ class SqliteJobStore(JobStore):
         for statement in _SCHEMA:
             self._db.execute(statement)
         self._lock = threading.Lock()
-        self._pending: list[tuple[JobRecord, asyncio.Future[None]]] = []
+        self._pending: list[tuple[JobRecord, bytes | None, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._operations: list[tuple[str, _Operation, asyncio.Future[Any]]] = []
         self._operator: asyncio.Task[None] | None = None
@@ -129,10 +137,10 @@ class SqliteJobStore(JobStore):
 
         return await asyncio.to_thread(locked)
 
-    async def create(self, record: JobRecord) -> None:
+    async def create(self, record: JobRecord, *, submission: bytes | None = None) -> None:
         """Group commit: inserts that arrive together share one transaction."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((record, done))
+        self._pending.append((record, submission, done))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush_inserts())
         await done
@@ -142,15 +150,16 @@ class SqliteJobStore(JobStore):
             batch, self._pending = self._pending, []
             # Serialized here, so the database thread runs one statement per table and batch and
             # waits for the interpreter lock a few times per batch, not a few times per row.
-            rows = [(record.job_id, record.model_dump_json()) for record, _ in batch]
-            unfinished = {record.job_id: record.tenant for record, _ in batch if not record.finished()}
+            rows = [(record.job_id, record.model_dump_json()) for record, _, _ in batch]
+            unfinished = {record.job_id: record.tenant for record, _, _ in batch if not record.finished()}
+            submissions = {record.job_id: submission for record, submission, _ in batch if submission is not None}
             try:
-                await self._run(lambda db: _insert_new(db, rows, unfinished))
+                await self._run(lambda db: _insert_new(db, rows, unfinished, submissions))
             except Exception as exc:  # noqa: BLE001 - handed to every waiting caller
-                for _, done in batch:
+                for *_, done in batch:
                     done.set_exception(exc)
             else:
-                for _, done in batch:
+                for *_, done in batch:
                     done.set_result(None)
 
     async def get(self, job_id: str) -> JobRecord | None:
@@ -249,6 +258,19 @@ class SqliteJobStore(JobStore):
                            (tenant, key, job_id))
 
         await self._run(release)
+
+    async def discard(self, job_id: str) -> None:
+        def forget(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("BEGIN IMMEDIATE")
+                for table in ("jobs", "active_jobs", "submissions"):
+                    db.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
+
+        await self._run(forget)
+
+    async def unfinished_submissions(self) -> list[tuple[str, bytes]]:
+        return await self._run(lambda db: db.execute(
+            "SELECT s.job_id, s.event FROM submissions s JOIN active_jobs a ON a.job_id = s.job_id").fetchall())
 
     async def active_jobs(self, tenant: str) -> int:
         return await self._run(lambda db: db.execute(

@@ -29,7 +29,7 @@ from conveyor.gateway.admission import BacklogBound, TenantRate
 from conveyor.gateway.answers import accepted, unavailable, validation_problem
 from conveyor.gateway.auth import Authenticate, Authenticator, Principal, caller
 from conveyor.gateway.idempotency import KEY_PATTERN
-from conveyor.gateway.intake import Intake, new_event
+from conveyor.gateway.intake import PRODUCE_TIMEOUT_MS, Intake, new_event
 from conveyor.gateway.lag_exporter import export_lag_forever
 from conveyor.gateway.limits import BodyLimitMiddleware
 from conveyor.gateway.models import MAX_CONTENT_TYPE_CHARS, Accepted, JobView, SubmitRequest, problems
@@ -74,7 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await ensure_topics(settings, all_topics(settings.topic_prefix))
         # No linger: requests arrive while a send is in flight and batch behind it anyway, and
         # every millisecond of linger is a millisecond more for each client (bench/ingest.py).
-        app.state.producer = make_producer(settings, linger_ms=0)
+        app.state.producer = make_producer(settings, linger_ms=0, request_timeout_ms=PRODUCE_TIMEOUT_MS)
         await app.state.producer.start()
         app.state.store = open_job_store(settings)
         app.state.blobs = open_blob_store(settings)

@@ -2,30 +2,45 @@
 
 One place for what `/submit` and `/upload` promise with their 202: the tenant was admitted (quota,
 pipeline backlog), an `Idempotency-Key` repeat got the first request's job, and the job's record
-is stored and its event acknowledged by every in-sync replica before the answer goes out.
+(with its first event, to re-drive it) is stored and its event acknowledged by every in-sync
+replica before the answer goes out.
+
+A broker that does not acknowledge within `PUBLISH_TIMEOUT_SECONDS` is down for the gateway: the
+request gets 503 with `Retry-After` and its record is removed again, and until a later request
+gets through (one at a time, each second or so) the others get the 503 at once, with nothing
+written. The producer's own timeout is shorter, so an event that was not acknowledged is not sent
+later either.
 """
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
 from conveyor import tracing
+from conveyor.breakers import Breaker, DependencyFailure
 from conveyor.events import Event, Payload
 from conveyor.gateway.admission import ActiveJobQuota, BacklogBound
 from conveyor.gateway.idempotency import Idempotency
-from conveyor.kafka.clients import Producer
 from conveyor.settings import Settings
 from conveyor.stores.base import JobRecord, JobStore
 from conveyor.topics import input_topic
 
+PRODUCE_TIMEOUT_MS = 1500  # the producer's: a batch not acknowledged by then fails, and is never sent
+PUBLISH_TIMEOUT_SECONDS = 2.0  # ours, around the whole send (a topic's metadata can take as long)
+
 
 class Intake:
-    def __init__(self, settings: Settings, producer: Producer, store: JobStore, backlog: BacklogBound) -> None:
+    def __init__(self, settings: Settings, producer: AIOKafkaProducer, store: JobStore, backlog: BacklogBound) -> None:
         self.topic = input_topic("extractor", settings.topic_prefix)
         self.producer, self.store, self.backlog = producer, store, backlog
         self.quota = ActiveJobQuota(store, settings.tenant_max_active_jobs)
         self.idempotency = Idempotency(store, settings.idempotency_ttl_seconds)
+        self.broker = Breaker(f"kafka {settings.bootstrap_servers}", failures=1, probe_seconds=1, probe_max_seconds=5)
 
     async def admit(self, tenant: str) -> None:
         """Refuse new work the tenant's quota or the pipeline cannot take (before any is stored)."""
@@ -53,16 +68,33 @@ class Intake:
             raise
 
     async def publish(self, event: Event) -> None:
+        if not self.broker.usable():  # refused before anything is written
+            raise self.broker.unavailable(f"{self.broker.name} is unavailable", retry_after=self.broker.probe_seconds)
+        event_bytes = event.to_bytes()
         await self.store.create(JobRecord(job_id=event.job_id, tenant=event.tenant, user_id=event.user_id,
-                                          callback_url=event.callback_url, meta=event.meta))
+                                          callback_url=event.callback_url, meta=event.meta), submission=event_bytes)
+        try:
+            async with self.broker.call():
+                await self._produce(event, event_bytes)
+        except BaseException:
+            await self.store.discard(event.job_id)  # not accepted: no record of it stays behind
+            raise
         self.quota.accepted(event.tenant)
+
+    async def _produce(self, event: Event, event_bytes: bytes) -> None:
         with tracing.produce_span(self.topic, job_id=event.job_id):
             trace = tracing.trace_dict()
             if trace:
-                event = event.model_copy(update={"trace": trace})
-            # Waiting for the broker's ack is the promise behind 202: the job is durable now.
-            await self.producer.send_and_wait(self.topic, event.to_bytes(), key=event.job_id.encode(),
-                                              headers=tracing.kafka_headers())
+                event_bytes = event.model_copy(update={"trace": trace}).to_bytes()
+            try:
+                # Waiting for the broker's ack is the promise behind 202: the job is durable now.
+                await asyncio.wait_for(self.producer.send_and_wait(
+                    self.topic, event_bytes, key=event.job_id.encode(), headers=tracing.kafka_headers()),
+                    PUBLISH_TIMEOUT_SECONDS)
+            except (KafkaError, asyncio.TimeoutError) as exc:
+                if isinstance(exc, KafkaError) and not exc.retriable:
+                    raise
+                raise DependencyFailure(f"the broker did not acknowledge: {type(exc).__name__}") from exc
 
 
 def new_event(job_id: str, tenant: str, user_id: str, payload: Payload, callback_url: object,
