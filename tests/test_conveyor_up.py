@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import socket
 import signal
 import subprocess
 import sys
+import time
 
+import httpx
 import psutil
 import pytest
 
@@ -165,3 +168,47 @@ def test_a_sigkilled_up_leaves_nothing_running(tmp_path) -> None:
         up.wait()
     _, alive = psutil.wait_procs(children, timeout=15)
     assert not alive, [c.cmdline()[:3] for c in alive]
+
+
+def test_a_sigkilled_broker_costs_no_job(tmp_path) -> None:
+    """300 jobs, the embedded broker killed while they are in flight: `up` restarts it on its
+    address, re-drives the unfinished jobs from the job store, and every job completes."""
+    port, metrics_base = gateway_and_metrics_ports()
+    home = tmp_path / "state"
+    env = {**os.environ, "CONVEYOR_HOME": str(home), "CONVEYOR_GATEWAY_PORT": str(port),
+           "CONVEYOR_TEXTRANK_PROCESSES": "1", "CONVEYOR_SESSION_TIMEOUT_MS": "6000",
+           # The test polls 300 jobs a second; two records at a time per worker keeps work in flight.
+           "CONVEYOR_TENANT_REQUESTS_PER_SECOND": "10000", "CONVEYOR_CONCURRENCY": "2"}
+    up = subprocess.Popen([sys.executable, "-m", "conveyor.cli.main", "up", "--metrics-port", str(metrics_base)],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        assert wait_until_ready(url, timeout=60), "conveyor up: gateway never became ready"
+        headers = {"authorization": f"Bearer {(home / 'api-key').read_text().strip()}"}
+        with httpx.Client(base_url=url, headers=headers, timeout=10) as client:
+            jobs = []
+            for seed in range(300):
+                answer = client.post("/submit", json={"user_id": "u", "content": english_text(seed=seed, sentences=5)})
+                assert answer.status_code == 202, answer.text
+                jobs.append(answer.json()["job_id"])
+            (broker,) = [c for c in psutil.Process(up.pid).children() if "--listener-url" in c.cmdline()]
+            deadline = time.monotonic() + 60  # mid-run: a tenth of a sample of the jobs is done
+            while time.monotonic() < deadline and \
+                    sum(client.get(f"/jobs/{job}").json()["status"] == "completed" for job in jobs[::10]) < 3:
+                time.sleep(0.02)
+            broker.kill()
+            done_before = sum(client.get(f"/jobs/{job}").json()["status"] == "completed" for job in jobs)
+
+            deadline = time.monotonic() + 240
+            pending = set(jobs)
+            while pending and time.monotonic() < deadline:
+                pending = {job for job in pending if client.get(f"/jobs/{job}").json()["status"] != "completed"}
+                time.sleep(1)
+        assert not pending, f"{len(pending)} of 300 jobs never completed"
+        assert 5 <= done_before < 300  # the broker died with work in flight
+    finally:
+        up.send_signal(signal.SIGTERM)
+        output = up.communicate(timeout=60)[0]
+    assert "embedded broker exited with code -9" in output, output[-3000:]
+    republished = int(re.search(r"re-published (\d+) unfinished job", output).group(1))
+    assert 0 < republished <= 300 - done_before  # what had completed is not done again

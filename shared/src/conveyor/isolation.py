@@ -43,10 +43,13 @@ class ChildDied(IsolatedCallFailed):
     pass
 
 
-def die_with_parent() -> None:
-    """Linux: the kernel kills this child when the worker dies, even by SIGKILL."""
+def die_with_parent(parent: int | None = None) -> None:
+    """Linux: the kernel kills this child when the worker dies, even by SIGKILL. A child that
+    starts slowly can outlive its `parent` (pid) before it asks: it leaves at once then."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
 
 
 def _address_space_bytes() -> int:
@@ -54,8 +57,8 @@ def _address_space_bytes() -> int:
         return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _child(conn: Connection, preload: str | None, memory_mb: int) -> None:
-    die_with_parent()
+def _child(conn: Connection, preload: str | None, memory_mb: int, parent: int) -> None:
+    die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when its children stop
     if preload:
         importlib.import_module(preload)
@@ -85,7 +88,8 @@ def _child(conn: Connection, preload: str | None, memory_mb: int) -> None:
 class _Child:
     def __init__(self, context: Any, preload: str | None, memory_mb: int) -> None:
         self.conn, child_conn = context.Pipe()
-        self.process = context.Process(target=_child, args=(child_conn, preload, memory_mb), daemon=True)
+        self.process = context.Process(target=_child, args=(child_conn, preload, memory_mb, os.getpid()),
+                                       daemon=True)
         self.process.start()
         child_conn.close()
         # The thread waiting on a call owns the connection until it returns: closing it under

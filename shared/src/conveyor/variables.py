@@ -2,7 +2,7 @@
 
 Every process of a release gets the same variables (one ConfigMap, or the shell `conveyor up` runs
 in), so a process accepts what its neighbours read and refuses only names no part of Conveyor
-reads: `CONVEYOR_GATEWAY_PROT` would otherwise fall back to the default port without a word.
+reads: a misspelt gateway port would otherwise fall back to the default port without a word.
 `Settings` fields are known by themselves; what is read elsewhere is listed here, with its reader.
 """
 

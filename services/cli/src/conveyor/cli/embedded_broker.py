@@ -5,6 +5,8 @@ In-memory only: data is gone when it stops. Used by `conveyor up` and by the tes
 
 from __future__ import annotations
 
+import functools
+import os
 import socket
 import subprocess
 import time
@@ -52,7 +54,8 @@ class EmbeddedBroker:
                 "--storage-engine", "memory://tansu/",
             ],
             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=die_with_parent,  # gone with its owner, even a SIGKILLed one
+            # Gone with its owner, even a SIGKILLed one.
+            preexec_fn=functools.partial(die_with_parent, os.getpid()),
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -65,6 +68,10 @@ class EmbeddedBroker:
                 time.sleep(0.05)
         self.stop()
         raise TimeoutError(f"embedded broker did not listen on {self.bootstrap} within {timeout}s")
+
+    def exit_code(self) -> int | None:
+        """The code it exited with; None while it runs (or before it started)."""
+        return self._process.poll() if self._process else None
 
     def stop(self, *, timeout: float = 5.0) -> None:
         if self._process is None or self._process.poll() is not None:

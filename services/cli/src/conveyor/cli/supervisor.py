@@ -1,12 +1,18 @@
 """`conveyor up`: the embedded broker, the gateway and worker processes on one machine.
 
 Each service is a child process running `python -m conveyor.<service>`, the same program its
-container runs. A child that dies is restarted; Ctrl-C or SIGTERM stops the children (they commit and leave
-their groups), then the broker.
+container runs. A child that dies is restarted; so is the embedded broker, on the same address,
+after which every unfinished job is re-driven from the job store (`conveyor.cli.redrive`): the
+broker's events are gone, the store's record of the work is not. The workers are killed as soon
+as the broker is found dead and started again after the re-drive: their positions and commits
+refer to events that no longer exist, and a stale commit on the new broker would skip new ones.
+Ctrl-C or SIGTERM stops the children (they commit and leave their groups), then the broker.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
 import os
@@ -22,6 +28,7 @@ from conveyor.cli import running
 from conveyor.cli.embedded_broker import EmbeddedBroker, free_port
 from conveyor.cli.services import service_argv
 from conveyor.cli.local_credentials import local_api_key, local_webhook_secret
+from conveyor.cli.redrive import redrive_unfinished
 from conveyor.isolation import die_with_parent
 from conveyor.settings import Settings
 from conveyor.topics import STAGES
@@ -48,7 +55,8 @@ class Child:
         console = self.env.get("CONVEYOR_TRACE_CONSOLE", "").lower() in ("1", "true", "yes")
         # die_with_parent: a SIGKILLed `conveyor up` takes its children with it.
         self.process = subprocess.Popen(self.argv, env=self.env, stdout=None if console else out,
-                                        stderr=out if console else subprocess.STDOUT, preexec_fn=die_with_parent)
+                                        stderr=out if console else subprocess.STDOUT,
+                                        preexec_fn=functools.partial(die_with_parent, os.getpid()))
         self.started_at = time.monotonic()
 
 
@@ -90,6 +98,16 @@ def write_prometheus_targets(path: Path, children: list[Child]) -> None:
     path.write_text(json.dumps(groups, indent=2))
 
 
+def _kill(children: list[Child]) -> None:
+    """SIGKILL, so that nothing they hold is committed on the way out."""
+    for child in children:
+        if child.process and child.process.poll() is None:
+            child.process.kill()
+    for child in children:
+        if child.process:
+            child.process.wait()
+
+
 class Supervisor:
     def __init__(self, settings: Settings, *, workers: dict[str, int], base_metrics_port: int,
                  embedded: bool) -> None:
@@ -98,6 +116,9 @@ class Supervisor:
         self.base_metrics_port = base_metrics_port
         self.embedded = embedded
         self.stopping = False
+        self._broker_attempts = 0
+        self._broker_retry_at = 0.0
+        self._redrive_pending = False
 
     def run(self) -> int:
         for service in ("gateway", *STAGES):
@@ -132,7 +153,10 @@ class Supervisor:
             url = f"http://{self.settings.gateway_host}:{self.settings.gateway_port}"
             up_file = running.record(home, bootstrap_servers=bootstrap, gateway_url=url)
             self._print_banner(bootstrap, broker is not None, children, log_dir, home, webhook_key, api_key)
+            recovery = self.settings.model_copy(update={"bootstrap_servers": bootstrap, "home": home})
             while not self.stopping:
+                if broker:
+                    self._keep_broker_up(broker, recovery, workers=children[1:])
                 self._restart_dead(children)
                 time.sleep(0.5)
         finally:
@@ -178,10 +202,39 @@ class Supervisor:
             print(f"\n{signal.Signals(signum).name} received: stopping workers, gateway and broker...", flush=True)
         self.stopping = True
 
+    def _keep_broker_up(self, broker: EmbeddedBroker, settings: Settings, *, workers: list[Child]) -> None:
+        """Restart a dead broker on its address, re-drive the unfinished jobs, then start the
+        workers again; each step is retried with a growing pause until it succeeds."""
+        if self.stopping or time.monotonic() < self._broker_retry_at:
+            return
+        code = broker.exit_code()
+        try:
+            if code is not None:
+                if not self._redrive_pending:
+                    print(f"embedded broker exited with code {code}; restarting it on {broker.bootstrap} and "
+                          f"the {len(workers)} workers after it (the events it held are gone: the job store "
+                          "re-drives its unfinished jobs)", flush=True)
+                    _kill(workers)
+                    self._redrive_pending = True
+                broker.start()
+            if self._redrive_pending:
+                count = asyncio.run(redrive_unfinished(settings))
+                self._redrive_pending, self._broker_attempts = False, 0
+                for worker in workers:
+                    worker.start()
+                print(f"embedded broker is back on {broker.bootstrap}; re-published {count} unfinished "
+                      "job(s) from the job store", flush=True)
+        except Exception as exc:  # noqa: BLE001 - any failure: try again later, the jobs are in the store
+            delay = min(MAX_RESTART_DELAY_SECONDS, RESTART_DELAY_SECONDS * 2 ** self._broker_attempts)
+            self._broker_attempts += 1
+            self._broker_retry_at = time.monotonic() + delay
+            print(f"embedded broker recovery failed ({type(exc).__name__}: {exc}); trying again in {delay:g}s",
+                  flush=True)
+
     def _restart_dead(self, children: list[Child]) -> None:
         for child in children:
             code = child.process.poll() if child.process else None
-            if code is None or self.stopping:
+            if code is None or self.stopping or self._redrive_pending:  # workers wait for the re-drive
                 continue
             # Crash loops back off exponentially instead of spinning.
             delay = min(MAX_RESTART_DELAY_SECONDS, RESTART_DELAY_SECONDS * 2 ** child.restarts)

@@ -108,10 +108,10 @@ def rank_sentences(sentences: Sequence[str], count: int) -> list[int]:
     return sorted(position[id(obj)] for obj in best)
 
 
-def warm_up() -> None:
-    """Start of a pool process: die with the worker (even a SIGKILLed one), then load the models
+def warm_up(worker: int) -> None:
+    """Start of a pool process: die with the `worker` (even a SIGKILLed one), then load the models
     once, before its first document."""
-    die_with_parent()
+    die_with_parent(worker)
     rank_sentences(split_sentences("Warm up the model. Rank a sentence. Then another one."), 1)
 
 
@@ -193,5 +193,6 @@ class TextRankBackend(SummarizerBackend):
                 max_workers=self._processes,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=warm_up,
+                initargs=(os.getpid(),),
             )
         return self._executor
