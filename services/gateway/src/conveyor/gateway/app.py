@@ -19,7 +19,6 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
 from conveyor import metrics, tracing
@@ -35,7 +34,8 @@ from conveyor.gateway.limits import BodyLimitMiddleware
 from conveyor.gateway.models import MAX_CONTENT_TYPE_CHARS, Accepted, JobView, SubmitRequest, problems
 from conveyor.gateway.observability import ObserveRequests
 from conveyor.gateway.operations import serve_operations
-from conveyor.gateway.submit_route import LeanRoutes, SubmitEndpoint
+from conveyor.gateway.lean import LeanFastAPI
+from conveyor.gateway.submit_route import SubmitEndpoint
 from conveyor.kafka.admin import ensure_topics
 from conveyor.kafka.clients import make_producer
 from conveyor.settings import Settings, get_settings
@@ -99,7 +99,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await app.state.store.close()
             tracing.shutdown_tracing()
 
-    app = FastAPI(
+    app = LeanFastAPI(
+        # Outermost first. Requests the body limit refuses (413) are measured too; an
+        # unauthenticated or rate-limited request is refused before its body is read.
+        middleware_stack=[
+            (ObserveRequests, {}),
+            (Authenticate, {"authenticator": authenticator, "rate": TenantRate(settings.tenant_requests_per_second),
+                            "open_paths": {"/healthz", "/readyz"}}),
+            (BodyLimitMiddleware, {"limits": {"/upload": settings.max_upload_bytes}, "default": settings.max_json_bytes}),
+        ],
         title="Conveyor gateway",
         version="0.1.0",
         description="Submit documents for extraction and summarization; follow jobs by id. Every route but the "
@@ -121,7 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
               responses=problems(400, 401, 413, 422, 429, 503))
     async def submit(body: SubmitRequest, principal: Annotated[Principal, Depends(caller)],
                      idempotency_key: IdempotencyKey = None) -> JSONResponse:
-        """Declared for the OpenAPI document; `LeanRoutes` answers it before FastAPI's routing."""
+        """Declared for the OpenAPI document; `SubmitEndpoint` answers it, before FastAPI."""
         raise AssertionError("POST /submit is answered by conveyor.gateway.submit_route")
 
     @app.post("/upload", status_code=202, response_model=Accepted, summary="Upload a document file",
@@ -222,24 +230,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ok = False
         return JSONResponse({"status": "ready" if ok else "broker unreachable"}, status_code=200 if ok else 503)
 
-    # Innermost first: the lean /submit answers inside every middleware below.
-    app.add_middleware(LeanRoutes, endpoints=[(declared_route(app, "POST", "/submit"), SubmitEndpoint(app.state, settings))])
-    app.add_middleware(
-        BodyLimitMiddleware,
-        limits={"/upload": settings.max_upload_bytes},
-        default=settings.max_json_bytes,
-    )
-    # Outside the body limit: an unauthenticated or rate-limited request is refused before its body is read.
-    app.add_middleware(Authenticate, authenticator=authenticator, rate=TenantRate(settings.tenant_requests_per_second),
-                       open_paths={"/healthz", "/readyz"})
-    # Added last, so outermost: requests the body limit refuses (413) are measured too.
-    app.add_middleware(ObserveRequests)
+    app.answer_directly("POST", "/submit", SubmitEndpoint(app.state, settings))
     return app
 
-
-def declared_route(app: FastAPI, method: str, path: str) -> APIRoute:
-    return next(route for route in app.routes if isinstance(route, APIRoute)
-                and route.path == path and method in route.methods)
 
 
 def _view(record: JobRecord) -> JobView:

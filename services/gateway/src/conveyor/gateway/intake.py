@@ -88,9 +88,9 @@ class Intake:
                 event_bytes = event.model_copy(update={"trace": trace}).to_bytes()
             try:
                 # Waiting for the broker's ack is the promise behind 202: the job is durable now.
-                await asyncio.wait_for(self.producer.send_and_wait(
-                    self.topic, event_bytes, key=event.job_id.encode(), headers=tracing.kafka_headers()),
-                    PUBLISH_TIMEOUT_SECONDS)
+                async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+                    await self.producer.send_and_wait(self.topic, event_bytes, key=event.job_id.encode(),
+                                                      headers=tracing.kafka_headers())
             except (KafkaError, asyncio.TimeoutError) as exc:
                 if isinstance(exc, KafkaError) and not exc.retriable:
                     raise
