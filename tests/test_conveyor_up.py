@@ -212,3 +212,29 @@ def test_a_sigkilled_broker_costs_no_job(tmp_path) -> None:
     assert "embedded broker exited with code -9" in output, output[-3000:]
     republished = int(re.search(r"re-published (\d+) unfinished job", output).group(1))
     assert 0 < republished <= 300 - done_before  # what had completed is not done again
+
+
+def test_a_second_up_on_the_same_home_refuses_in_one_line(tmp_path) -> None:
+    port, metrics_base = gateway_and_metrics_ports()
+    home = tmp_path / "state"
+    env = {**os.environ, "CONVEYOR_HOME": str(home), "CONVEYOR_GATEWAY_PORT": str(port),
+           "CONVEYOR_TEXTRANK_PROCESSES": "1"}
+    up = subprocess.Popen([sys.executable, "-m", "conveyor.cli.main", "up", "--metrics-port", str(metrics_base)],
+                          env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until_ready(f"http://127.0.0.1:{port}", timeout=60), "conveyor up: gateway never became ready"
+        other_port, other_metrics = gateway_and_metrics_ports()
+        second = subprocess.run([sys.executable, "-m", "conveyor.cli.main", "up", "--metrics-port", str(other_metrics)],
+                                env={**env, "CONVEYOR_GATEWAY_PORT": str(other_port)}, capture_output=True, text=True,
+                                timeout=30)
+        # What is running is published for the other commands (and people), metrics included.
+        published = json.loads((home / "up.json").read_text())
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.wait(60)
+    assert second.returncode == 2
+    (line,) = second.stderr.strip().splitlines()
+    assert line == (f"conveyor up: another `conveyor up` (pid {up.pid}) is running with the home {home}: "
+                    "stop it, or give this one another CONVEYOR_HOME")
+    assert published["metrics"]["gateway"] == f"http://127.0.0.1:{metrics_base}/metrics"
+    assert set(published["metrics"]) == {"gateway", "extractor-1", "summarizer-1", "notifier-1"}

@@ -123,11 +123,20 @@ class Supervisor:
     def run(self) -> int:
         for service in ("gateway", *STAGES):
             service_argv(service)  # a missing service stops us before anything starts
+        home = self.settings.home.resolve()
+        try:
+            lock = running.hold(home)
+        except running.AlreadyRunning as exc:
+            print(f"conveyor up: {exc}", file=sys.stderr)
+            return 2
+        with lock:
+            return self._run(home)
+
+    def _run(self, home: Path) -> int:
         taken = self._taken_ports()
         if taken:
             print(f"conveyor up: {taken}", file=sys.stderr)
             return 2
-        home = self.settings.home.resolve()
         log_dir = home / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         broker = None
@@ -151,7 +160,8 @@ class Supervisor:
             for child in children:
                 child.start()
             url = f"http://{self.settings.gateway_host}:{self.settings.gateway_port}"
-            up_file = running.record(home, bootstrap_servers=bootstrap, gateway_url=url)
+            up_file = running.record(home, bootstrap_servers=bootstrap, gateway_url=url, metrics={
+                child.name: f"http://127.0.0.1:{child.env['CONVEYOR_METRICS_PORT']}/metrics" for child in children})
             self._print_banner(bootstrap, broker is not None, children, log_dir, home, webhook_key, api_key)
             recovery = self.settings.model_copy(update={"bootstrap_servers": bootstrap, "home": home})
             while not self.stopping:
