@@ -238,3 +238,50 @@ def test_a_second_up_on_the_same_home_refuses_in_one_line(tmp_path) -> None:
                     "stop it, or give this one another CONVEYOR_HOME")
     assert published["metrics"]["gateway"] == f"http://127.0.0.1:{metrics_base}/metrics"
     assert set(published["metrics"]) == {"gateway", "extractor-1", "summarizer-1", "notifier-1"}
+
+
+def test_dead_letters_and_unfinished_jobs_outlive_a_restart_of_up(tmp_path) -> None:
+    port, metrics_base = gateway_and_metrics_ports()
+    home = tmp_path / "state"
+    env = {**os.environ, "CONVEYOR_HOME": str(home), "CONVEYOR_GATEWAY_PORT": str(port),
+           "CONVEYOR_TEXTRANK_PROCESSES": "1", "CONVEYOR_CONCURRENCY": "1"}
+    argv = [sys.executable, "-m", "conveyor.cli.main", "up", "--metrics-port", str(metrics_base)]
+    url = f"http://127.0.0.1:{port}"
+
+    first = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert wait_until_ready(url, timeout=60), "conveyor up: gateway never became ready"
+        headers = {"authorization": f"Bearer {(home / 'api-key').read_text().strip()}"}
+        with httpx.Client(base_url=url, headers=headers, timeout=10) as client:
+            unusable = client.post("/upload", data={"user_id": "u"}, files={
+                "file": ("scan.txt", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8, "text/plain")}).json()["job_id"]
+            jobs = [client.post("/submit", json={"user_id": "u", "content": english_text(seed=seed, sentences=5)})
+                    .json()["job_id"] for seed in range(60)]
+            deadline = time.monotonic() + 60
+            while client.get(f"/jobs/{unusable}").json()["status"] != "failed" and time.monotonic() < deadline:
+                time.sleep(0.05)
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(60) == 0
+
+    second = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert wait_until_ready(url, timeout=60), "conveyor up: gateway never came back"
+        with httpx.Client(base_url=url, headers=headers, timeout=10) as client:
+            deadline = time.monotonic() + 120
+            pending = set(jobs)
+            while pending and time.monotonic() < deadline:
+                pending = {job for job in pending if client.get(f"/jobs/{job}").json()["status"] != "completed"}
+                time.sleep(0.5)
+        assert not pending, f"{len(pending)} of the first run's jobs never completed"
+        listed = subprocess.run([sys.executable, "-m", "conveyor.cli.main", "dlq", "list", "extractor"], env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert listed.returncode == 0 and f"job={unusable}" in listed.stdout, listed.stderr
+        replay = subprocess.run([sys.executable, "-m", "conveyor.cli.main", "dlq", "replay", "extractor", "--job",
+                                 unusable], env=env, capture_output=True, text=True, timeout=60)
+        assert replay.returncode == 0 and "replayed 1 record(s)" in replay.stdout, replay.stderr
+    finally:
+        second.send_signal(signal.SIGTERM)
+        output = second.communicate(timeout=60)[0]
+    restored = re.search(r"re-published (\d+) unfinished job\(s\) and (\d+) dead letter\(s\)", output)
+    assert restored and int(restored.group(2)) == 1, output[-2000:]

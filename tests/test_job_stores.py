@@ -115,6 +115,18 @@ async def test_an_unfinished_jobs_submission_is_kept_until_it_finishes(store: Jo
     assert await store.active_jobs("acme") == 1  # `without` only
 
 
+async def test_dead_letter_copies_stay_until_their_job_completes(store: JobStore) -> None:
+    failed, replayed = _record(), _record()
+    for record in (failed, replayed):
+        await store.create(record)
+        await store.update_stage(record.job_id, "extractor", StageState.failed, attempts=1, error="bad")
+    await store.keep_dead_letter("extractor", b'{"a": 1}', job_id=failed.job_id)
+    await store.keep_dead_letter("summarizer", b'{"b": 2}', job_id=replayed.job_id)
+    await store.keep_dead_letter("extractor", b'{"c": 3}', job_id=None)  # undecodable: no job
+    await store.complete(replayed.job_id, summary="s")  # replayed, and done this time
+    assert await store.dead_letters() == [("extractor", b'{"a": 1}'), ("extractor", b'{"c": 3}')]
+
+
 async def test_a_restarted_job_runs_every_stage_again(store: JobStore) -> None:
     record = _record()
     await store.create(record)

@@ -490,10 +490,11 @@ class StageWorker:
     async def _dead_letter(self, record: ConsumerRecord, *, job_id: str | None, error: BaseException,
                            attempts: int) -> None:
         letter = dead_letter_for(record, stage=self.stage.name, job_id=job_id, error=error, attempts=attempts)
-        key = job_id.encode() if job_id else None
-        await self._until_acknowledged(
-            lambda: self._producer.send_and_wait(self.dlq, letter.model_dump_json().encode(), key=key),
-            f"the dead letter of {job_id or 'an undecodable record'}")
+        key, data = (job_id.encode() if job_id else None), letter.model_dump_json().encode()
+        # A copy in the job store first: it outlives a broker that keeps its topics in memory.
+        await self.store.keep_dead_letter(self.stage.name, data, job_id=job_id)
+        await self._until_acknowledged(lambda: self._producer.send_and_wait(self.dlq, data, key=key),
+                                       f"the dead letter of {job_id or 'an undecodable record'}")
         self._metrics.dead_lettered.inc()
         log.warning("%s: dead-lettered %s (%s: %s)", self.stage.name, job_id or "undecodable record",
                     letter.error_type, letter.error[:200])

@@ -142,6 +142,14 @@ class JobStore(abc.ABC):
         """Every unfinished job that has a submission: (job id, its first event)."""
 
     @abc.abstractmethod
+    async def keep_dead_letter(self, stage: str, letter: bytes, *, job_id: str | None) -> None:
+        """Keep a copy of a dead letter the stage published, until its job completes."""
+
+    @abc.abstractmethod
+    async def dead_letters(self) -> list[tuple[str, bytes]]:
+        """Every kept dead letter, oldest first: (stage, the letter)."""
+
+    @abc.abstractmethod
     async def get(self, job_id: str) -> JobRecord | None: ...
 
     @abc.abstractmethod

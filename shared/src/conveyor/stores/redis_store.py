@@ -18,7 +18,9 @@ An idempotency key is a string `<prefix>idempotency:<tenant>:<sha256 of the key>
 Each tenant's unfinished jobs are a sorted set `<prefix>active:<tenant>` (job id by last update),
 for the active-job quota; with `ttl_seconds`, members older than that are dropped as their
 records expire. An unfinished job's first event is a string `<prefix>submission:<job_id>`,
-deleted when the job finishes, to re-drive it if the events in flight are lost.
+deleted when the job finishes, to re-drive it if the events in flight are lost. Copies of dead
+letters are a list `<prefix>dead-letters` of `<stage> <letter>` entries, with a set
+`<prefix>dead-letters:<job_id>` of each job's entries, removed when the job completes.
 
 The webhook retry schedule is a sorted set `<prefix>deliveries` (job id by due time) and one per
 host, `<prefix>deliveries:<host>`; claims run as Lua scripts, so they are atomic.
@@ -38,7 +40,7 @@ from redis.exceptions import WatchError
 
 from conveyor.errors import TransientError
 from conveyor.events import utcnow
-from conveyor.stores.base import JobRecord, JobStore
+from conveyor.stores.base import JobRecord, JobState, JobStore
 
 DEFAULT_PREFIX = "conveyor:job:"
 MAX_CONNECTIONS = 64
@@ -103,6 +105,7 @@ class RedisJobStore(JobStore):
         self._claim_deliveries = self._redis.register_script(_CLAIM_DELIVERIES)
         self._schedule = f"{prefix}deliveries"
         self._hosts = f"{prefix}delivery-host:"  # job id -> host, to unschedule from the host's set
+        self._dead_letters = f"{prefix}dead-letters"
 
     def key(self, job_id: str) -> str:
         return f"{self.prefix}{job_id}"
@@ -129,6 +132,24 @@ class RedisJobStore(JobStore):
             if record is not None:
                 pipe.zrem(self._active(record.tenant), job_id)
             await pipe.execute()
+
+    async def keep_dead_letter(self, stage: str, letter: bytes, *, job_id: str | None) -> None:
+        entry = f"{stage} {letter.decode('utf-8')}"  # letters are JSON (the original is base64 inside)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.rpush(self._dead_letters, entry)
+            if job_id:
+                pipe.sadd(f"{self._dead_letters}:{job_id}", entry)
+            await pipe.execute()
+
+    async def dead_letters(self) -> list[tuple[str, bytes]]:
+        entries = await self._redis.lrange(self._dead_letters, 0, -1)
+        return [(stage, letter.encode("utf-8")) for stage, _, letter in (entry.partition(" ") for entry in entries)]
+
+    async def _forget_dead_letters(self, job_id: str) -> None:
+        job_entries = f"{self._dead_letters}:{job_id}"
+        for entry in await self._redis.smembers(job_entries):
+            await self._redis.lrem(self._dead_letters, 0, entry)
+        await self._redis.delete(job_entries)
 
     async def unfinished_submissions(self) -> list[tuple[str, bytes]]:
         found: list[tuple[str, bytes]] = []
@@ -257,6 +278,8 @@ class RedisJobStore(JobStore):
                     elif current.finished() or self.ttl_seconds:  # revived, or its expiry moved
                         pipe.zadd(self._active(updated.tenant), {job_id: time.time()})
                     await pipe.execute()
+                    if updated.state == JobState.completed and current.state != JobState.completed:
+                        await self._forget_dead_letters(job_id)  # nothing can re-drive it any more
                     return True
                 except WatchError:
                     # Another writer changed the job first: read it again. The short, growing,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.stores import records
-from conveyor.stores.base import Claim, JobRecord, JobStore
+from conveyor.stores.base import Claim, JobRecord, JobState, JobStore
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, record TEXT NOT NULL)",
@@ -30,6 +30,10 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS active_jobs_tenant ON active_jobs (tenant)",
     # Each unfinished job's first event, to re-drive it when the events in flight are lost.
     "CREATE TABLE IF NOT EXISTS submissions (job_id TEXT PRIMARY KEY, event BLOB NOT NULL)",
+    # Copies of the dead letters the stages published, until their job completes.
+    "CREATE TABLE IF NOT EXISTS dead_letters (id INTEGER PRIMARY KEY, stage TEXT NOT NULL, job_id TEXT, "
+    "letter BLOB NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS dead_letters_job ON dead_letters (job_id)",
     # Idempotency keys: the first request's body digest and job, per tenant and key.
     "CREATE TABLE IF NOT EXISTS idempotency_keys (tenant TEXT NOT NULL, key TEXT NOT NULL, digest TEXT NOT NULL, "
     "job_id TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY (tenant, key))",
@@ -86,6 +90,10 @@ def _track_active(db: sqlite3.Connection, changes: list[tuple[JobRecord | None, 
     if ended:
         db.executemany("DELETE FROM active_jobs WHERE job_id = ?", ended)
         db.executemany("DELETE FROM submissions WHERE job_id = ?", ended)
+    completed = [(after.job_id,) for before, after in changes
+                 if after.state == JobState.completed and (before is None or before.state != JobState.completed)]
+    if completed:  # nothing can re-drive these any more
+        db.executemany("DELETE FROM dead_letters WHERE job_id = ?", completed)
     if revived:
         db.executemany("INSERT OR IGNORE INTO active_jobs VALUES (?, ?)", revived)
 
@@ -271,6 +279,16 @@ class SqliteJobStore(JobStore):
     async def unfinished_submissions(self) -> list[tuple[str, bytes]]:
         return await self._run(lambda db: db.execute(
             "SELECT s.job_id, s.event FROM submissions s JOIN active_jobs a ON a.job_id = s.job_id").fetchall())
+
+    async def keep_dead_letter(self, stage: str, letter: bytes, *, job_id: str | None) -> None:
+        def keep(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("INSERT INTO dead_letters (stage, job_id, letter) VALUES (?, ?, ?)", (stage, job_id, letter))
+
+        await self._run(keep)
+
+    async def dead_letters(self) -> list[tuple[str, bytes]]:
+        return await self._run(lambda db: db.execute("SELECT stage, letter FROM dead_letters ORDER BY id").fetchall())
 
     async def active_jobs(self, tenant: str) -> int:
         return await self._run(lambda db: db.execute(

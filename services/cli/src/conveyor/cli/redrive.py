@@ -6,17 +6,21 @@ Once the broker is back on its address, the topics are created again and every u
 starts over: its stages are reset and its first event is published again. A stage that had
 finished such a job runs it again, since the event it produced was lost too; the stages are
 idempotent by job id, so a job whose event did survive somewhere is not done twice over.
+
+Dead letters are kept in the job store as well, and put back on their topics whenever the
+embedded broker starts, so that `conveyor dlq list` and `replay` work across restarts.
 """
 
 from __future__ import annotations
 
 import asyncio
 
+from conveyor.events import DeadLetter
 from conveyor.kafka.admin import ensure_topics
 from conveyor.kafka.clients import make_producer
 from conveyor.settings import Settings
 from conveyor.stores import open_job_store, records
-from conveyor.topics import all_topics, input_topic
+from conveyor.topics import all_topics, input_topic, stage_bindings
 
 
 async def redrive_unfinished(settings: Settings) -> int:
@@ -37,3 +41,30 @@ async def redrive_unfinished(settings: Settings) -> int:
     finally:
         await producer.stop()
         await store.close()
+
+
+async def republish_dead_letters(settings: Settings) -> int:
+    """Put the job store's copies of the dead letters back on their topics (an embedded broker
+    starts empty); how many."""
+    await ensure_topics(settings, all_topics(settings.topic_prefix))
+    store = open_job_store(settings)
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        letters = await store.dead_letters()
+        sent = []
+        for stage, letter in letters:
+            job_id = DeadLetter.model_validate_json(letter).job_id
+            sent.append(await producer.send(stage_bindings(stage, settings)[1], letter,
+                                            key=job_id.encode() if job_id else None))
+        await asyncio.gather(*sent)
+        return len(letters)
+    finally:
+        await producer.stop()
+        await store.close()
+
+
+async def restore(settings: Settings) -> tuple[int, int]:
+    """Everything the job store holds back onto an empty embedded broker: (unfinished jobs
+    re-driven, dead letters put back)."""
+    return await redrive_unfinished(settings), await republish_dead_letters(settings)

@@ -1,9 +1,10 @@
 """`conveyor up`: the embedded broker, the gateway and worker processes on one machine.
 
 Each service is a child process running `python -m conveyor.<service>`, the same program its
-container runs. A child that dies is restarted; so is the embedded broker, on the same address,
-after which every unfinished job is re-driven from the job store (`conveyor.cli.redrive`): the
-broker's events are gone, the store's record of the work is not. The workers are killed as soon
+container runs. The embedded broker starts empty, so what the job store holds (unfinished jobs,
+dead letters) is put back on it at start (`conveyor.cli.redrive`). A child that dies is
+restarted; so is the broker, on the same address, after which the store's work is put back again:
+the broker's events are gone, the store's record of the work is not. The workers are killed as soon
 as the broker is found dead and started again after the re-drive: their positions and commits
 refer to events that no longer exist, and a stale commit on the new broker would skip new ones.
 Ctrl-C or SIGTERM stops the children (they commit and leave their groups), then the broker.
@@ -28,7 +29,7 @@ from conveyor.cli import running
 from conveyor.cli.embedded_broker import EmbeddedBroker, free_port
 from conveyor.cli.services import service_argv
 from conveyor.cli.local_credentials import local_api_key, local_webhook_secret
-from conveyor.cli.redrive import redrive_unfinished
+from conveyor.cli.redrive import restore
 from conveyor.isolation import die_with_parent
 from conveyor.settings import Settings
 from conveyor.topics import STAGES
@@ -149,6 +150,17 @@ class Supervisor:
         if self.embedded:
             broker = EmbeddedBroker(self._broker_port(), log_path=log_dir / "broker.log").start()
             env["CONVEYOR_BOOTSTRAP_SERVERS"] = broker.bootstrap
+            # It starts empty: what the job store holds from earlier runs goes back on it.
+            try:
+                jobs, letters = asyncio.run(restore(self.settings.model_copy(
+                    update={"bootstrap_servers": broker.bootstrap, "home": home})))
+            except Exception as exc:  # noqa: BLE001 - the pipeline still runs; say what was not restored
+                print(f"conveyor up: could not put the job store's unfinished jobs and dead letters back "
+                      f"({type(exc).__name__}: {exc})", file=sys.stderr, flush=True)
+            else:
+                if jobs or letters:
+                    print(f"re-published {jobs} unfinished job(s) and {letters} dead letter(s) from the job "
+                          f"store of {home}", flush=True)
         bootstrap = env.get("CONVEYOR_BOOTSTRAP_SERVERS", self.settings.bootstrap_servers)
         children = plan_children(self.settings, self.workers, base_metrics_port=self.base_metrics_port,
                                  log_dir=log_dir, env=env)
@@ -228,12 +240,12 @@ class Supervisor:
                     self._redrive_pending = True
                 broker.start()
             if self._redrive_pending:
-                count = asyncio.run(redrive_unfinished(settings))
+                jobs, letters = asyncio.run(restore(settings))
                 self._redrive_pending, self._broker_attempts = False, 0
                 for worker in workers:
                     worker.start()
-                print(f"embedded broker is back on {broker.bootstrap}; re-published {count} unfinished "
-                      "job(s) from the job store", flush=True)
+                print(f"embedded broker is back on {broker.bootstrap}; re-published {jobs} unfinished job(s) "
+                      f"and {letters} dead letter(s) from the job store", flush=True)
         except Exception as exc:  # noqa: BLE001 - any failure: try again later, the jobs are in the store
             delay = min(MAX_RESTART_DELAY_SECONDS, RESTART_DELAY_SECONDS * 2 ** self._broker_attempts)
             self._broker_attempts += 1
