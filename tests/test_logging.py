@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from conveyor import tracing
-from conveyor.logging import setup_logging
+from conveyor.logging import RepeatGate, setup_logging
 
 
 @pytest.fixture(autouse=True)
@@ -100,3 +100,27 @@ def test_plain_format_for_humans() -> None:
 def test_bad_level_names_the_setting() -> None:
     with pytest.raises(ValueError, match="CONVEYOR_LOG_LEVEL"):
         setup_logging("LOUD", json=False, service="gateway", stream=io.StringIO())
+
+
+def test_the_kafka_clients_retries_log_once_a_minute_and_ours_always() -> None:
+    stream = io.StringIO()
+    setup_logging("INFO", json=False, service="extractor", stream=stream)
+    kafka, ours = logging.getLogger("aiokafka.conn"), logging.getLogger("conveyor.kafka.stage")
+    for _ in range(1000):  # a broker down: the client's error on every retry
+        kafka.error("Unable connect to node with id %s: %s", 1, "Connect call failed")
+    for job in range(3):
+        ours.warning("dead-lettered %s", job)
+    assert [line.split(": ", 1)[1] for line in lines(stream)] == [
+        "Unable connect to node with id 1: Connect call failed",
+        "dead-lettered 0", "dead-lettered 1", "dead-lettered 2",
+    ]
+
+
+def test_a_held_back_message_passes_again_after_its_window_with_the_count() -> None:
+    now = [0.0]
+    gate = RepeatGate(window=60, clock=lambda: now[0])
+    record = lambda: logging.LogRecord("aiokafka", logging.ERROR, "", 0, "lost %s", ("x",), None)  # noqa: E731
+    assert gate.filter(record()) and not gate.filter(record()) and not gate.filter(record())
+    now[0] = 61
+    again = record()
+    assert gate.filter(again) and again.getMessage() == "lost x (2 more like it in the last 60s were not logged)"

@@ -9,12 +9,14 @@ from __future__ import annotations
 import json as jsonlib
 import logging
 import sys
+import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
 from conveyor.tracing import current_trace_id
 
-__all__ = ["JsonFormatter", "PlainFormatter", "setup_logging"]
+__all__ = ["JsonFormatter", "PlainFormatter", "RepeatGate", "setup_logging"]
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
@@ -32,6 +34,35 @@ class ContextFilter(logging.Filter):
         record.service = self.service
         if getattr(record, "trace_id", None) is None:
             record.trace_id = current_trace_id()
+        return True
+
+
+class RepeatGate(logging.Filter):
+    """One line per kind of message from the Kafka client, not one per retry: while a broker is
+    down it logs the same error every ~100 ms per connection. A message (by logger, level and
+    template) passes once per `window` seconds; the next one to pass says how many were held back."""
+
+    def __init__(self, prefixes: tuple[str, ...] = ("aiokafka",), window: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self.prefixes, self.window, self.clock = prefixes, window, clock
+        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}  # -> (passed at, held back since)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self.prefixes):
+            return True
+        key = (record.name, record.levelno, str(record.msg))
+        now = self.clock()
+        passed_at, held = self._seen.get(key, (float("-inf"), 0))
+        if now - passed_at < self.window:
+            self._seen[key] = (passed_at, held + 1)
+            return False
+        if len(self._seen) > 1000:  # bounded: forget the oldest kinds
+            for old in sorted(self._seen, key=lambda k: self._seen[k][0])[:500]:
+                del self._seen[old]
+        self._seen[key] = (now, 0)
+        if held:
+            record.msg = f"{record.msg} ({held} more like it in the last {self.window:g}s were not logged)"
         return True
 
 
@@ -90,6 +121,7 @@ def setup_logging(level: str, *, json: bool, service: str, stream: TextIO | None
     """Send every logger's records to stderr (or `stream`) at `level`; calling it again replaces the setup."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if json else PlainFormatter())
+    handler.addFilter(RepeatGate())
     handler.addFilter(ContextFilter(service))
     handler._conveyor = True  # type: ignore[attr-defined]  # marks the handler this module owns
     root = logging.getLogger()
