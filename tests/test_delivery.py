@@ -239,3 +239,22 @@ def test_a_worker_uses_the_dead_letter_topic_and_group_it_is_bound_to(pipeline: 
         time.sleep(0.2)
     assert committed(bindings["CONVEYOR_CONSUMER_GROUP"]) == 2  # the garbage and the job
     assert committed(f"{pipeline.prefix}-extractor") == 0  # the derived group never joined
+
+
+def test_a_jobs_blobs_are_deleted_once_it_completes(broker: str, tmp_path) -> None:
+    # Every payload through the blob store: the upload, the submitted text, the extracted text.
+    pipeline = Pipeline(broker, tmp_path, extra_env={"CONVEYOR_CLAIM_CHECK_BYTES": "64"})
+    try:
+        pipeline.start_all()
+        jobs = [pipeline.submit(english_text(seed=seed, sentences=6)) for seed in range(5)]
+        upload = pipeline.client.post("/upload", data={"user_id": "u"},
+                                      files={"file": ("notes.txt", english_text(seed=9).encode(), "text/plain")})
+        jobs.append(upload.json()["job_id"])
+        pipeline.wait_for(jobs)
+        blobs = pipeline.home / "blobs"
+        deadline = time.monotonic() + 10
+        while any(blobs.iterdir()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert list(blobs.iterdir()) == []  # as before the first job
+    finally:
+        pipeline.stop_all()

@@ -44,6 +44,7 @@ from conveyor.kafka.dead_letters import dead_letter_for
 from conveyor.kafka.offsets import PartitionOffsets
 from conveyor.settings import Settings
 from conveyor.stores.base import JobStore, StageState
+from conveyor.stores.records import with_blob
 from conveyor.topics import input_topic, stage_bindings
 
 log = logging.getLogger(__name__)
@@ -202,11 +203,11 @@ class StageWorker:
         if not self._handling:
             self._last_progress = self.last_poll
         assigned = self._consumer.assignment()
-        for tp, records in batches.items():
+        for tp, fetched in batches.items():
             if tp not in assigned:
                 continue  # revoked while the fetch was answered
             offsets = self._partitions.setdefault(tp, PartitionOffsets())
-            for record in records:
+            for record in fetched:
                 offsets.track(record.offset)
                 self._start(tp, offsets, record)
 
@@ -423,6 +424,9 @@ class StageWorker:
                     return
             else:
                 if output is not None:
+                    if output.payload.blob is not None:  # owned by the job before anyone can read it
+                        blob = output.payload.blob
+                        await self.store.transform(event.job_id, lambda r: with_blob(r, blob))
                     await self._send(input_topic(output.stage, settings.topic_prefix), output)
                 await self.store.update_stage(event.job_id, stage, StageState.done, attempts=attempt)
                 return

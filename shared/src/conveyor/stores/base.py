@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, Field
 
-from conveyor.events import utcnow
+from conveyor.events import BlobRef, utcnow
 
 
 class JobState(str, Enum):
@@ -91,6 +91,8 @@ class JobRecord(BaseModel):
     notified_at: datetime | None = None
     delivery: Delivery | None = None
     meta: dict[str, Any] = Field(default_factory=dict)
+    blobs: list[BlobRef] = Field(default_factory=list,
+                                 description="Blobs the job's payloads live in: deleted once it completes.")
 
     def finished(self) -> bool:
         """Completed or failed: no longer counted against its tenant's active-job quota."""

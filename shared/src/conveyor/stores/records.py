@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from conveyor.events import utcnow
+from conveyor.events import BlobRef, utcnow
 from conveyor.stores.base import Claim, JobRecord, JobState, StageProgress, StageState
 
 
@@ -73,3 +73,10 @@ def restarted(record: JobRecord) -> JobRecord:
     now = utcnow()
     return record.model_copy(update={"stages": {name: StageProgress() for name in record.stages},
                                      "state": JobState.queued, "error": None, "updated_at": now})
+
+
+def with_blob(record: JobRecord, blob: BlobRef) -> JobRecord | None:
+    """The record owning one more blob (None: it owns it already)."""
+    if any(owned.uri == blob.uri for owned in record.blobs):
+        return None
+    return record.model_copy(update={"blobs": [*record.blobs, blob]})

@@ -78,7 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.producer.start()
         app.state.store = open_job_store(settings)
         app.state.blobs = open_blob_store(settings)
-        app.state.intake = Intake(settings, app.state.producer, app.state.store, backlog)
+        app.state.intake = Intake(settings, app.state.producer, app.state.store, app.state.blobs, backlog)
         lag_task = asyncio.create_task(export_lag_forever(settings, backlog.measured)) \
             if settings.lag_interval_seconds else None
         operations = await serve_operations(app, settings) if settings.metrics_port else None

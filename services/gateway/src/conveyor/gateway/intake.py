@@ -28,6 +28,7 @@ from conveyor.gateway.admission import ActiveJobQuota, BacklogBound
 from conveyor.gateway.idempotency import Idempotency
 from conveyor.settings import Settings
 from conveyor.stores.base import JobRecord, JobStore
+from conveyor.stores.blobs import BlobStore
 from conveyor.topics import input_topic
 
 PRODUCE_TIMEOUT_MS = 1500  # the producer's: a batch not acknowledged by then fails, and is never sent
@@ -35,9 +36,10 @@ PUBLISH_TIMEOUT_SECONDS = 2.0  # ours, around the whole send (a topic's metadata
 
 
 class Intake:
-    def __init__(self, settings: Settings, producer: AIOKafkaProducer, store: JobStore, backlog: BacklogBound) -> None:
+    def __init__(self, settings: Settings, producer: AIOKafkaProducer, store: JobStore, blobs: BlobStore,
+                 backlog: BacklogBound) -> None:
         self.topic = input_topic("extractor", settings.topic_prefix)
-        self.producer, self.store, self.backlog = producer, store, backlog
+        self.producer, self.store, self.blobs, self.backlog = producer, store, blobs, backlog
         self.quota = ActiveJobQuota(store, settings.tenant_max_active_jobs)
         self.idempotency = Idempotency(store, settings.idempotency_ttl_seconds)
         self.broker = Breaker(f"kafka {settings.bootstrap_servers}", failures=1, probe_seconds=1, probe_max_seconds=5)
@@ -71,13 +73,17 @@ class Intake:
         if not self.broker.usable():  # refused before anything is written
             raise self.broker.unavailable(f"{self.broker.name} is unavailable", retry_after=self.broker.probe_seconds)
         event_bytes = event.to_bytes()
-        await self.store.create(JobRecord(job_id=event.job_id, tenant=event.tenant, user_id=event.user_id,
-                                          callback_url=event.callback_url, meta=event.meta), submission=event_bytes)
+        record = JobRecord(job_id=event.job_id, tenant=event.tenant, user_id=event.user_id,
+                           callback_url=event.callback_url, meta=event.meta,
+                           blobs=[event.payload.blob] if event.payload.blob else [])
+        await self.store.create(record, submission=event_bytes)
         try:
             async with self.broker.call():
                 await self._produce(event, event_bytes)
         except BaseException:
-            await self.store.discard(event.job_id)  # not accepted: no record of it stays behind
+            await self.store.discard(event.job_id)  # not accepted: nothing of it stays behind
+            if event.payload.blob:
+                await self.blobs.delete(event.payload.blob)
             raise
         self.quota.accepted(event.tenant)
 

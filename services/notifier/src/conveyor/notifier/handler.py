@@ -36,6 +36,10 @@ def build_stage(settings: Settings, store: JobStore, blobs: BlobStore, resources
     async def notify(event: Event) -> None:
         record = await store.get(event.job_id)
         first_completion = record is None or record.summary is None
+        # Nothing reads a job's blobs once its summary is here (the event carries it): they go
+        # before the job completes, so a crash in between leaves none behind.
+        for blob in record.blobs if record else ():
+            await blobs.delete(blob)
         await store.complete(event.job_id, summary=event.summary or "", meta=event.meta)
         if first_completion:
             metrics.JOBS_COMPLETED.inc()
