@@ -127,6 +127,22 @@ async def test_dead_letter_copies_stay_until_their_job_completes(store: JobStore
     assert await store.dead_letters() == [("extractor", b'{"a": 1}'), ("extractor", b'{"c": 3}')]
 
 
+async def test_sqlite_expires_completed_jobs_nothing_can_redrive(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3", ttl_seconds=1, sweep_seconds=0)
+    done, failed, waiting, running = (_record() for _ in range(4))
+    for record in (done, failed, waiting, running):
+        await store.create(record)
+    await store.complete(done.job_id, summary="s")
+    await store.update_stage(failed.job_id, "extractor", StageState.failed, attempts=1, error="bad")
+    await store.complete(waiting.job_id, summary="s")
+    await store.set_delivery(waiting.job_id, Delivery(state=DeliveryState.waiting, webhook_id=waiting.job_id))
+    await asyncio.sleep(1.2)
+    await store.create(_record())  # stores sweep as new jobs arrive
+    kept = {job.job_id for job in (done, failed, waiting, running) if await store.get(job.job_id)}
+    assert kept == {failed.job_id, waiting.job_id, running.job_id}
+    await store.close()
+
+
 async def test_a_restarted_job_runs_every_stage_again(store: JobStore) -> None:
     record = _record()
     await store.create(record)

@@ -113,7 +113,7 @@ class Settings(BaseSettings):
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL when the status store is redis.")
     redis_prefix: str = Field("conveyor:job:", description="Key prefix of job records in Redis.")
     job_ttl_seconds: int | None = Field(
-        None, ge=1, description="Redis only: job records expire this long after their last update."
+        None, ge=1, description="Job records expire this long after their last update (in SQLite: completed jobs)."
     )
     blob_store: Literal["file", "s3"] = Field("file", description="Claim-check blob store backend.")
     blob_dir: Path | None = Field(None, description="Default: <home>/blobs.")

@@ -14,7 +14,7 @@ def open_job_store(settings: Settings) -> JobStore:
         return RedisJobStore(settings.redis_url, prefix=settings.redis_prefix, ttl_seconds=settings.job_ttl_seconds)
     from conveyor.stores.sqlite_store import SqliteJobStore
 
-    return SqliteJobStore(settings.resolved_sqlite_path())
+    return SqliteJobStore(settings.resolved_sqlite_path(), ttl_seconds=settings.job_ttl_seconds)
 
 
 def open_blob_store(settings: Settings) -> BlobStore:

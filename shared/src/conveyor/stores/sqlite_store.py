@@ -13,6 +13,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -118,15 +119,29 @@ def _insert_new(db: sqlite3.Connection, rows: list[tuple[str, str]], unfinished:
                            [value for row in kept for value in row])
 
 
+def _expire(db: sqlite3.Connection, before: float) -> None:
+    """Delete the completed jobs last updated before `before` (a Unix time) that nothing can re-drive."""
+    cutoff = datetime.fromtimestamp(before, timezone.utc).isoformat().replace("+00:00", "Z")
+    with db:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("DELETE FROM jobs WHERE json_extract(record, '$.state') = 'completed' "
+                   "AND json_extract(record, '$.updated_at') < ? "
+                   "AND coalesce(json_extract(record, '$.delivery.state'), '') != 'waiting'", (cutoff,))
+
+
 def _marks(rows: int, columns: int) -> str:
     row = "(" + ",".join("?" * columns) + ")"
     return ",".join([row] * rows)
 
 
 class SqliteJobStore(JobStore):
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, ttl_seconds: int | None = None, sweep_seconds: float = 60.0) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        # Completed jobs (with no delivery still waiting) are deleted this long after their last
+        # update, swept at most every `sweep_seconds` as new jobs are stored.
+        self.ttl_seconds, self.sweep_seconds = ttl_seconds, sweep_seconds
+        self._swept_at = float("-inf")
         self._db = sqlite3.connect(path, timeout=30, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -163,6 +178,9 @@ class SqliteJobStore(JobStore):
             submissions = {record.job_id: submission for record, submission, _ in batch if submission is not None}
             try:
                 await self._run(lambda db: _insert_new(db, rows, unfinished, submissions))
+                if self.ttl_seconds and time.monotonic() - self._swept_at >= self.sweep_seconds:
+                    self._swept_at = time.monotonic()
+                    await self._run(lambda db: _expire(db, time.time() - self.ttl_seconds))
             except Exception as exc:  # noqa: BLE001 - handed to every waiting caller
                 for *_, done in batch:
                     done.set_exception(exc)
