@@ -258,3 +258,27 @@ def test_a_jobs_blobs_are_deleted_once_it_completes(broker: str, tmp_path) -> No
         assert list(blobs.iterdir()) == []  # as before the first job
     finally:
         pipeline.stop_all()
+
+
+def test_a_job_that_fails_in_a_stage_calls_back_with_job_failed_naming_it(pipeline: Pipeline, receiver) -> None:
+    pipeline.start_all()
+    unusable = pipeline.client.post("/upload", data={"user_id": "u", "callback_url": receiver.url},
+                                    files={"file": ("scan.txt", b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8,
+                                                    "text/plain")}).json()["job_id"]
+    good = pipeline.submit(english_text(seed=3), callback_url=receiver.url)
+    failed_at = time.time()
+    pipeline.wait_for([unusable], states=("failed",))
+    pipeline.wait_for([good])
+    deadline = time.monotonic() + 10
+    while (unusable not in receiver.bodies or good not in receiver.bodies) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    (notice,) = receiver.bodies[unusable]  # signed: the receiver verified it
+    assert notice["type"] == "job.failed" and notice["stage"] == "extractor" and notice["status"] == "failed"
+    assert "PermanentError" in notice["error"]
+    assert receiver.ids[unusable] == {f"{unusable}.failed"}
+    assert receiver.arrivals[unusable] - failed_at < 10
+    assert [body["type"] for body in receiver.bodies[good]] == ["job.completed"]
+    job = pipeline.job(unusable)
+    # Telling the callback changed nothing else: no notifier progress, so a replay that succeeds
+    # still completes the job and sends its `job.completed`.
+    assert job["status"] == "failed" and "notifier" not in job["stages"]

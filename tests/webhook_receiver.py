@@ -25,6 +25,7 @@ class WebhookReceiver:
         self.failing = False
         self.deliveries: Counter[str] = Counter()
         self.ids: dict[str, set[str]] = {}
+        self.bodies: dict[str, list[dict]] = {}  # job id -> every verified body, in arrival order
         self.bad_signatures = 0
         self.hosts: list[str] = []  # the Host header of every POST
         self.attempts = 0
@@ -51,6 +52,7 @@ class WebhookReceiver:
                         self.end_headers()
                         return
                     job_id = json.loads(body)["job_id"]
+                    receiver.bodies.setdefault(job_id, []).append(json.loads(body))
                     receiver.deliveries[job_id] += 1
                     receiver.arrivals.setdefault(job_id, time.time())
                     receiver.ids.setdefault(job_id, set()).add(self.headers["webhook-id"])

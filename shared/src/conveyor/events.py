@@ -62,6 +62,13 @@ class Payload(BaseModel):
         return None
 
 
+class Failure(BaseModel):
+    """Why a job ended failed, on the event that tells the notifier (and so its callback)."""
+
+    stage: str
+    error: str = Field(max_length=1000)
+
+
 class Event(BaseModel):
     """One unit of work for one stage."""
 
@@ -78,6 +85,7 @@ class Event(BaseModel):
     trace: dict[str, str] = Field(default_factory=dict, description="W3C trace context.")
     payload: Payload
     summary: str | None = None
+    failure: Failure | None = Field(None, description="Set on the notice of a job that failed in a stage.")
     meta: dict[str, Any] = Field(default_factory=dict)
 
     def to_bytes(self) -> bytes:

@@ -37,7 +37,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from conveyor import metrics, tracing
 from conveyor.breakers import DependencyUnavailable
 from conveyor.errors import PermanentError
-from conveyor.events import Event, EventDecodeError
+from conveyor.events import Event, EventDecodeError, Failure, Payload
 from conveyor.kafka.backoff import backoff_delay
 from conveyor.kafka.clients import make_consumer, make_producer
 from conveyor.kafka.dead_letters import dead_letter_for
@@ -67,6 +67,8 @@ class Stage:
     skip_done: bool = False
     # Names the dependency every record of the stage needs while it is down (None: nothing is).
     blocked: Callable[[], str | None] | None = None
+    # Tell the notifier about a job that fails here, so its callback hears of it (not the notifier's own).
+    reports_failures: bool = True
 
 
 class WorkerDied(Exception):
@@ -371,6 +373,9 @@ class StageWorker:
 
         with tracing.stage_span(stage, job_id=event.job_id, headers=record.headers, topic=record.topic,
                                 partition=record.partition, offset=record.offset):
+            if event.failure is not None:
+                await self._handle_notice(event)
+                return
             attempt = await self._first_attempt(event, record)
             if attempt is None:
                 return
@@ -398,6 +403,7 @@ class StageWorker:
             await self._dead_letter(record, job_id=event.job_id, error=error, attempts=claim.attempt)
             await self.store.update_stage(event.job_id, stage, StageState.failed, attempts=claim.attempt,
                                           error=f"WorkerDied: {error}")
+            await self._report_failure(event, f"WorkerDied: {error}")
             return None
         return claim.attempt
 
@@ -441,6 +447,7 @@ class StageWorker:
             await self._dead_letter(record, job_id=event.job_id, error=exc, attempts=attempt)
             await self.store.update_stage(event.job_id, stage, StageState.failed,
                                           attempts=attempt, error=f"{type(exc).__name__}: {exc}")
+            await self._report_failure(event, f"{type(exc).__name__}: {exc}")
             return True
         delay = backoff_delay(attempt, base=settings.retry_base_seconds, cap=settings.retry_max_seconds)
         log.info("%s: job %s attempt %d failed (%s); retrying in %.2fs", stage, event.job_id, attempt, exc, delay)
@@ -490,6 +497,23 @@ class StageWorker:
 
         await self._until_acknowledged(send, f"job {event.job_id} to {topic}")
         self._metrics.produced(topic).inc()
+
+    async def _handle_notice(self, event: Event) -> None:
+        """A notice that the job failed in another stage: handled once, and no progress of this
+        stage is recorded for it (the stage may still do the job's work later, after a replay)."""
+        try:
+            await self._run_handler(event)
+        except Exception as exc:  # noqa: BLE001 - the job's status already says it failed
+            log.warning("%s: the failure notice of job %s was not handled: %s: %s", self.stage.name, event.job_id,
+                        type(exc).__name__, exc)
+
+    async def _report_failure(self, event: Event, error: str) -> None:
+        """A job with a callback that failed here: the notifier sends it `job.failed`."""
+        if not (self.stage.reports_failures and event.callback_url):
+            return
+        notice = event.next("notifier", payload=Payload(), summary=None,
+                            failure=Failure(stage=self.stage.name, error=error[:1000]))
+        await self._send(input_topic("notifier", self.settings.topic_prefix), notice)
 
     async def _dead_letter(self, record: ConsumerRecord, *, job_id: str | None, error: BaseException,
                            attempts: int) -> None:

@@ -1,8 +1,10 @@
-"""Notifier handler: complete the job, then POST its result to the callback URL.
+"""Notifier handler: complete the job, then POST its result to the callback URL; a job that
+failed in an earlier stage gets a `job.failed` POST instead (that stage sends the notice).
 
 At least once: the POST comes first and is recorded after it succeeds, so a crash in between
-sends it again, with the same `webhook-id` (the job id) for the receiver to de-duplicate on. A
-POST the host does not take waits on the retry schedule (`deliveries`), not in the partition.
+sends it again, with the same `webhook-id` (the job id; `<job id>.failed` for a failure) for the
+receiver to de-duplicate on. A POST the host does not take waits on the retry schedule
+(`deliveries`), not in the partition.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ from conveyor.breakers import Breakers
 from conveyor.events import Event
 from conveyor.kafka.stage import Stage
 from conveyor.notifier.deliveries import Deliveries
+from conveyor.notifier.webhooks import webhook_id
 from conveyor.settings import Settings
 from conveyor.stores import records
-from conveyor.stores.base import JobRecord, JobStore
+from conveyor.stores.base import JobRecord, JobState, JobStore
 from conveyor.stores.blobs import BlobStore
 
 
@@ -35,6 +38,11 @@ def build_stage(settings: Settings, store: JobStore, blobs: BlobStore, resources
 
     async def notify(event: Event) -> None:
         record = await store.get(event.job_id)
+        if event.failure is not None:  # the job failed in a stage: its callback hears `job.failed`
+            if record is not None and record.state == JobState.failed and event.callback_url \
+                    and not (record.delivery and record.delivery.webhook_id == webhook_id(record)):
+                await deliveries.first_attempt(record, event.callback_url)
+            return None
         first_completion = record is None or record.summary is None
         # Nothing reads a job's blobs once its summary is here (the event carries it): they go
         # before the job completes, so a crash in between leaves none behind.
@@ -44,7 +52,8 @@ def build_stage(settings: Settings, store: JobStore, blobs: BlobStore, resources
         if first_completion:
             metrics.JOBS_COMPLETED.inc()
         # A delivery already delivered, or already on the schedule, is not this record's to send.
-        if event.callback_url and not (record and (record.notified_at or record.delivery)):
+        if event.callback_url and not (record and (record.notified_at or (
+                record.delivery and record.delivery.webhook_id == record.job_id))):
             # What complete() just stored, without reading it back.
             completed = records.completed(record or JobRecord(job_id=event.job_id, tenant=event.tenant,
                                                               user_id=event.user_id),
@@ -52,7 +61,8 @@ def build_stage(settings: Settings, store: JobStore, blobs: BlobStore, resources
             await deliveries.first_attempt(completed, event.callback_url)
         return None
 
-    return Stage("notifier", notify, skip_done=True)
+    # A failure notice is sent once and is not the notifier's own stage work: it skips nothing.
+    return Stage("notifier", notify, skip_done=True, reports_failures=False)
 
 
 async def _stop(scheduler: asyncio.Task[None], deliveries: Deliveries) -> None:

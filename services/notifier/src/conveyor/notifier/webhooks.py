@@ -27,7 +27,7 @@ from standardwebhooks import Webhook
 
 from conveyor import metrics
 from conveyor.errors import PermanentError, TransientError
-from conveyor.stores.base import JobRecord
+from conveyor.stores.base import JobRecord, JobState, StageState
 from conveyor.webhook_keys import master_secrets, tenant_secrets
 
 
@@ -47,9 +47,22 @@ class Unanswered(TransientError):
         self.status = status
 
 
+def webhook_id(record: JobRecord) -> str:
+    """The same on every attempt of one outcome's delivery: the job id for its completion,
+    `<job id>.failed` for its failure (a failed job replayed to completion is told both)."""
+    return record.job_id if record.state != JobState.failed else f"{record.job_id}.failed"
+
+
 def result_body(record: JobRecord) -> bytes:
+    """`job.completed` with the summary, or `job.failed` with the stage and the reason."""
+    if record.state == JobState.failed:
+        stage = next((name for name, progress in record.stages.items() if progress.state == StageState.failed), None)
+        return json.dumps({
+            "type": "job.failed", "job_id": record.job_id, "user_id": record.user_id, "status": "failed",
+            "stage": stage, "error": (record.error or "")[:1000], "meta": record.meta,
+        }).encode()
     return json.dumps({
-        "job_id": record.job_id, "user_id": record.user_id, "status": "completed",
+        "type": "job.completed", "job_id": record.job_id, "user_id": record.user_id, "status": "completed",
         "summary": record.summary, "meta": record.meta,
     }).encode()
 
