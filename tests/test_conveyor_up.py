@@ -35,6 +35,16 @@ def gateway_and_metrics_ports(count: int = 8) -> tuple[int, int]:
             return port, base
 
 
+def not_completed_within(client: httpx.Client, jobs: list[str], seconds: float) -> set[str]:
+    """The jobs still not completed after waiting up to `seconds` for them."""
+    deadline = time.monotonic() + seconds
+    pending = set(jobs)
+    while pending and time.monotonic() < deadline:
+        pending = {job for job in pending if client.get(f"/jobs/{job}").json()["status"] != "completed"}
+        time.sleep(0.5)
+    return pending
+
+
 def test_up_runs_the_pipeline_and_stops_cleanly(tmp_path) -> None:
     port, metrics_base = gateway_and_metrics_ports()
     env = {**os.environ, "CONVEYOR_HOME": str(tmp_path / "state"), "CONVEYOR_GATEWAY_PORT": str(port),
@@ -199,11 +209,7 @@ def test_a_sigkilled_broker_costs_no_job(tmp_path) -> None:
             broker.kill()
             done_before = sum(client.get(f"/jobs/{job}").json()["status"] == "completed" for job in jobs)
 
-            deadline = time.monotonic() + 240
-            pending = set(jobs)
-            while pending and time.monotonic() < deadline:
-                pending = {job for job in pending if client.get(f"/jobs/{job}").json()["status"] != "completed"}
-                time.sleep(1)
+            pending = not_completed_within(client, jobs, 240)
         assert not pending, f"{len(pending)} of 300 jobs never completed"
         assert 5 <= done_before < 300  # the broker died with work in flight
     finally:
@@ -268,11 +274,7 @@ def test_dead_letters_and_unfinished_jobs_outlive_a_restart_of_up(tmp_path) -> N
     try:
         assert wait_until_ready(url, timeout=60), "conveyor up: gateway never came back"
         with httpx.Client(base_url=url, headers=headers, timeout=10) as client:
-            deadline = time.monotonic() + 120
-            pending = set(jobs)
-            while pending and time.monotonic() < deadline:
-                pending = {job for job in pending if client.get(f"/jobs/{job}").json()["status"] != "completed"}
-                time.sleep(0.5)
+            pending = not_completed_within(client, jobs, 120)
         assert not pending, f"{len(pending)} of the first run's jobs never completed"
         listed = subprocess.run([sys.executable, "-m", "conveyor.cli.main", "dlq", "list", "extractor"], env=env,
                                 capture_output=True, text=True, timeout=60)

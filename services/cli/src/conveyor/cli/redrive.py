@@ -15,56 +15,50 @@ from __future__ import annotations
 
 import asyncio
 
+from aiokafka import AIOKafkaProducer
+
 from conveyor.events import DeadLetter
 from conveyor.kafka.admin import ensure_topics
 from conveyor.kafka.clients import make_producer
 from conveyor.settings import Settings
 from conveyor.stores import open_job_store, records
+from conveyor.stores.base import JobStore
 from conveyor.topics import all_topics, input_topic, stage_bindings
 
 
-async def redrive_unfinished(settings: Settings) -> int:
-    """Create the topics and re-publish every unfinished job's first event; how many were."""
-    await ensure_topics(settings, all_topics(settings.topic_prefix))
-    store = open_job_store(settings)
-    producer = make_producer(settings)
-    await producer.start()
-    try:
-        jobs = await store.unfinished_submissions()
-        topic = input_topic("extractor", settings.topic_prefix)
-        sent = []
-        for job_id, event in jobs:
-            await store.transform(job_id, records.restarted)
-            sent.append(await producer.send(topic, event, key=job_id.encode()))
-        await asyncio.gather(*sent)
-        return len(jobs)
-    finally:
-        await producer.stop()
-        await store.close()
-
-
-async def republish_dead_letters(settings: Settings) -> int:
-    """Put the job store's copies of the dead letters back on their topics (an embedded broker
-    starts empty); how many."""
-    await ensure_topics(settings, all_topics(settings.topic_prefix))
-    store = open_job_store(settings)
-    producer = make_producer(settings)
-    await producer.start()
-    try:
-        letters = await store.dead_letters()
-        sent = []
-        for stage, letter in letters:
-            job_id = DeadLetter.model_validate_json(letter).job_id
-            sent.append(await producer.send(stage_bindings(stage, settings)[1], letter,
-                                            key=job_id.encode() if job_id else None))
-        await asyncio.gather(*sent)
-        return len(letters)
-    finally:
-        await producer.stop()
-        await store.close()
-
-
 async def restore(settings: Settings) -> tuple[int, int]:
-    """Everything the job store holds back onto an empty embedded broker: (unfinished jobs
-    re-driven, dead letters put back)."""
-    return await redrive_unfinished(settings), await republish_dead_letters(settings)
+    """Everything the job store holds back onto an empty embedded broker, its topics created
+    first: (unfinished jobs re-driven, dead letters put back)."""
+    await ensure_topics(settings, all_topics(settings.topic_prefix))
+    store = open_job_store(settings)
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        jobs = await _redrive_unfinished(store, producer, settings)
+        return jobs, await _put_back_dead_letters(store, producer, settings)
+    finally:
+        await producer.stop()
+        await store.close()
+
+
+async def _redrive_unfinished(store: JobStore, producer: AIOKafkaProducer, settings: Settings) -> int:
+    """Every unfinished job starts over from its first event."""
+    jobs = await store.unfinished_submissions()
+    topic = input_topic("extractor", settings.topic_prefix)
+    sent = []
+    for job_id, event in jobs:
+        await store.transform(job_id, records.restarted)
+        sent.append(await producer.send(topic, event, key=job_id.encode()))
+    await asyncio.gather(*sent)
+    return len(jobs)
+
+
+async def _put_back_dead_letters(store: JobStore, producer: AIOKafkaProducer, settings: Settings) -> int:
+    letters = await store.dead_letters()
+    sent = []
+    for stage, letter in letters:
+        job_id = DeadLetter.model_validate_json(letter).job_id
+        sent.append(await producer.send(stage_bindings(stage, settings)[1], letter,
+                                        key=job_id.encode() if job_id else None))
+    await asyncio.gather(*sent)
+    return len(letters)
