@@ -216,7 +216,7 @@ def test_deployment_runs_the_stage_worker_with_its_bindings() -> None:
     container = pod["spec"]["containers"][0]
     assert (container["command"], container["args"]) == (["conveyor-summarizer"], [])
     env = {e["name"]: e for e in container["env"]}
-    assert env["CONVEYOR_BOOTSTRAP_SERVERS"]["value"] == "redpanda.redpanda.svc.cluster.local:9093"
+    assert env["CONVEYOR_BOOTSTRAP_SERVERS"]["value"] == "redpanda.conveyor.svc.cluster.local:9093"
     assert env["CONVEYOR_TOPIC_PREFIX"]["value"] == "conveyor"
     assert env["CONVEYOR_INPUT_TOPIC"]["value"] == "conveyor.summarize"
     assert env["CONVEYOR_SUMMARIZER_BACKEND"]["value"] == "openai"
@@ -241,7 +241,7 @@ def test_scaled_object_scales_on_the_stage_consumer_group() -> None:
     assert scaled["spec"]["scaleTargetRef"]["name"] == "documents-notifier"
     assert (scaled["spec"]["minReplicaCount"], scaled["spec"]["maxReplicaCount"]) == (1, 3)
     assert scaled["spec"]["triggers"] == [{"type": "kafka", "name": "notifier-lag", "metadata": {
-        "bootstrapServers": "redpanda.redpanda.svc.cluster.local:9093",
+        "bootstrapServers": "redpanda.conveyor.svc.cluster.local:9093",
         "consumerGroup": "conveyor-notifier",
         "topic": "conveyor.notify",
         "lagThreshold": "50",
@@ -268,8 +268,8 @@ def test_redpanda_topics_name_the_real_topic_and_cluster() -> None:
     topics = build_topics(spec, spec.stage("embedder"), OWNER)
     assert [(t["metadata"]["name"], t["spec"]["overwriteTopicName"], t["spec"]["partitions"]) for t in topics] == [
         ("documents-embedder", "conveyor.embedder", 4), ("documents-embedder-dlq", "conveyor.embedder.dlq", 4)]
-    assert all(t["spec"]["cluster"] == {"clusterRef": {"name": "redpanda", "namespace": "redpanda"}} for t in topics)
-    assert all(t["spec"]["replicationFactor"] == 3 for t in topics)
+    assert all(t["spec"]["cluster"] == {"clusterRef": {"name": "redpanda", "namespace": "conveyor"}} for t in topics)
+    assert all(t["spec"]["replicationFactor"] == 1 for t in topics)
 
 
 # --- patching only what differs --------------------------------------------------------------------
