@@ -295,6 +295,7 @@ def test_chart_renders_dashboards_and_rules(monitoring_chart: Path) -> None:
     import kubernetes_validate
 
     rendered = render(monitoring_chart, {"monitoring": {
+        "requireApi": False,  # no cluster here to serve monitoring.coreos.com/v1
         "dashboards": {"enabled": True, "annotations": {"grafana_folder": "Conveyor"}},
         "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
     }})

@@ -162,7 +162,8 @@ def test_optional_objects_render_and_validate() -> None:
         "secrets": {"saslUsername": "conveyor", "saslPassword": "pw", "openaiApiKey": "sk-test",
                     "extra": {"AWS_ACCESS_KEY_ID": "AKIA"}},
         "summarizer": {"backend": "openai"},
-        "serviceMonitor": {"enabled": True},
+        # Offline, the render sees no Prometheus operator API: render its objects anyway.
+        "serviceMonitor": {"enabled": True}, "monitoring": {"requireApi": False},
     }
     values["gateway"]["ingress"] = {"enabled": True, "tls": [{"secretName": "t", "hosts": ["conveyor.local"]}]}
     manifests = k8s.render(values)
@@ -612,8 +613,20 @@ def test_an_existing_api_key_secret_is_mounted_instead() -> None:
     assert volume["secret"]["secretName"] == "our-keys"
 
 
+def test_monitoring_objects_need_the_prometheus_operators_api() -> None:
+    wanted = {"serviceMonitor": {"enabled": True}, "monitoring": {"prometheusRule": {"enabled": True}}}
+    # This render, like a cluster without the Prometheus operator, does not serve monitoring.coreos.com/v1.
+    without_api = k8s.render(wanted)
+    assert not {"ServiceMonitor", "PrometheusRule"} & without_api.kinds()
+    with helm_python.Chart.load(k8s.CHART) as chart:
+        notes = chart.render(wanted, name=k8s.RELEASE, namespace="conveyor")["conveyor/templates/NOTES.txt"]
+    assert "ServiceMonitor and PrometheusRule were not rendered" in notes
+    forced = k8s.render({**wanted, "monitoring": {"prometheusRule": {"enabled": True}, "requireApi": False}})
+    assert {"ServiceMonitor", "PrometheusRule"} <= forced.kinds()
+
+
 def test_the_gateway_metrics_are_scraped_off_its_public_service() -> None:
-    manifests = k8s.render({"serviceMonitor": {"enabled": True}})
+    manifests = k8s.render({"serviceMonitor": {"enabled": True}, "monitoring": {"requireApi": False}})
     (monitor,) = manifests.of("ServiceMonitor")
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
     service = manifests.get("Service", f"{k8s.RELEASE}-gateway-metrics")

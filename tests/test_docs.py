@@ -87,3 +87,63 @@ def test_replaying_a_job_with_no_dead_letter_says_so(broker: str) -> None:
     assert result.returncode == 1
     assert "replayed 0 record(s)" in result.stdout
     assert result.stderr.strip() == "conveyor: no dead letter for job(s) nope on replaynone.summarize.dlq"
+
+
+def _command_lines() -> list[tuple[str, str]]:
+    """Every line of the shell blocks in the README and docs/, continuation lines joined."""
+    found = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for block in re.findall(r"```(?:bash|sh|shell|console)\n(.*?)```", doc.read_text(), re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                found.append((doc.name, line.split(" #")[0].strip()))
+    return found
+
+
+def _skaffold_images() -> set[str]:
+    return set(re.findall(r"^\s*- image: (\S+)", (ROOT / "skaffold.yaml").read_text(), re.M))
+
+
+def test_the_docs_commands_name_files_images_and_namespaces_that_exist() -> None:
+    lines = _command_lines()
+    assert len(lines) > 40
+    app_version = re.search(r'appVersion: "([^"]+)"', (ROOT / "charts/conveyor/Chart.yaml").read_text()).group(1)
+    namespaces = set(re.findall(r"name: (\S+)", (ROOT / "k8s/namespace.yaml").read_text())) | \
+        set(re.findall(r"--namespace (\w[\w-]*)", (ROOT / "scripts/kind-up").read_text()))
+    problems = []
+    for doc, line in lines:
+        for path in re.findall(r"(?<![\w./$-])((?:k8s|charts|scripts|services|shared|bench|docs)/[\w./-]*[\w/])", line):
+            if "$" not in path and not (ROOT / path).exists():
+                problems.append(f"{doc}: {path} does not exist")
+        for namespace in re.findall(r"(?:-n|--namespace)[ =]([\w-]+)", line):
+            if namespace not in namespaces:
+                problems.append(f"{doc}: namespace {namespace} is not one the project makes")
+        for image, tag in re.findall(r"-t (conveyor-[\w$-]+)(?::(\S+))?", line):
+            names = {image.replace("$s", name) for name in ("gateway", "extractor", "summarizer", "notifier", "operator")}
+            if not names <= _skaffold_images():
+                problems.append(f"{doc}: image {image} is not built by skaffold")
+            if image not in ("conveyor-build", "conveyor-runtime") and tag != app_version:
+                problems.append(f"{doc}: image {image} is tagged {tag or 'latest'}, the chart uses {app_version}")
+    assert problems == []
+    assert {"conveyor", "keda", "monitoring"} <= namespaces
+
+
+def test_every_chart_repository_a_command_installs_from_is_added_first() -> None:
+    by_doc: dict[str, list[str]] = {}
+    for doc, line in _command_lines():
+        by_doc.setdefault(doc, []).append(line)
+    for doc, lines in by_doc.items():
+        added = {repo for line in lines for repo in re.findall(r"helm repo add (\S+)", line)}
+        used = {repo for line in lines
+                for repo, chart in re.findall(r"helm upgrade --install \S+ ([\w-]+)/([\w-]+)", line)
+                if not (ROOT / repo / chart).is_dir()}  # charts/conveyor is this repository's
+        assert used <= added, f"{doc}: `helm repo add` missing for {sorted(used - added)}"
+
+
+def test_the_pipeline_examples_use_the_images_and_tag_the_chart_deploys() -> None:
+    app_version = re.search(r'appVersion: "([^"]+)"', (ROOT / "charts/conveyor/Chart.yaml").read_text()).group(1)
+    for example in (ROOT / "k8s/examples").glob("*.yaml"):
+        for image in re.findall(r"^\s+image: (\S+)", example.read_text(), re.M):
+            name, _, tag = image.partition(":")
+            assert tag == app_version, f"{example.name}: {image}"
+            # A custom stage's image is the user's to build; the built-in ones are skaffold's.
+            assert name in _skaffold_images() or name == "conveyor-embedder", f"{example.name}: {image}"

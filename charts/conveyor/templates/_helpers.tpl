@@ -329,3 +329,9 @@ bad combination stops `helm install/upgrade/template` with a message naming the 
 {{- fail "summarizer.backend=openai with the public OpenAI API needs secrets.openaiApiKey (or secrets.existingSecret holding CONVEYOR_OPENAI_API_KEY); set summarizer.openai.baseUrl for a self-hosted endpoint" -}}
 {{- end -}}
 {{- end -}}
+
+{{/* "true" when the Prometheus operator's objects may be rendered: the cluster serves
+monitoring.coreos.com/v1, or monitoring.requireApi is off. */}}
+{{- define "conveyor.monitoringApi" -}}
+{{- if or (not .Values.monitoring.requireApi) (.Capabilities.APIVersions.Has "monitoring.coreos.com/v1") -}}true{{- end -}}
+{{- end -}}
