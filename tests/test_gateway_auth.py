@@ -37,6 +37,7 @@ async def test_requests_without_a_valid_credential_are_401_on_every_route(broker
                               headers=headers),
             await client.post("/submit", content=b"{not json", headers={**headers, "content-type": "application/json"}),
             await client.get("/jobs/anything", headers=headers),
+            await client.get("/jobs", headers=headers),
             await client.post("/jobs/anything/redeliver", headers=headers),
             await client.get("/no-such-route", headers=headers),
         ]
@@ -64,6 +65,28 @@ async def test_the_tenant_comes_from_the_key_and_other_tenants_see_404(broker: s
     assert foreign.status_code == missing.status_code == foreign_redeliver.status_code == 404
     assert foreign.json()["detail"] == f"no job {job_id}" and missing.json()["detail"] == "no job 0123456789abcdef"
     assert smuggled.status_code == 422  # a body cannot name a tenant
+
+
+async def test_a_tenant_lists_its_own_jobs_newest_first_by_state_and_page(broker: str, tmp_path: Path) -> None:
+    acme, _ = add_key(tmp_path / "api-keys.json", "acme")
+    globex, _ = add_key(tmp_path / "api-keys.json", "globex")
+    async with gateway(settings_for(broker, tmp_path)) as client:
+        ours = [(await submit(client, acme)).json()["job_id"] for _ in range(5)]
+        theirs = (await submit(client, globex)).json()["job_id"]
+        first = (await client.get("/jobs", params={"limit": 3}, headers=bearer(acme))).json()
+        second = (await client.get("/jobs", params={"limit": 3, "before": first["next"]}, headers=bearer(acme))).json()
+        queued = await client.get("/jobs", params={"state": "queued", "since": "2000-01-01T00:00:00Z"},
+                                  headers=bearer(acme))
+        failed = await client.get("/jobs", params={"state": "failed"}, headers=bearer(acme))
+        bad = [await client.get("/jobs", params=params, headers=bearer(acme)) for params in (
+            {"state": "lost"}, {"limit": 0}, {"before": "not a cursor"}, {"since": "yesterday"}, {"since": "0.5"},
+            {"since": "2026-12-03"}, {"stat": "failed"})]
+    listed = [job["job_id"] for job in first["jobs"] + second["jobs"]]
+    assert listed == list(reversed(ours)) and theirs not in listed  # newest first, the tenant's only
+    assert second["next"] is None
+    assert [job["job_id"] for job in queued.json()["jobs"]] == list(reversed(ours))
+    assert failed.json() == {"jobs": [], "next": None}
+    assert [answer.status_code for answer in bad] == [422] * 7  # a misspelt filter too: it must not list all
 
 
 async def test_a_revoked_key_stops_working_without_a_restart(broker: str, tmp_path: Path) -> None:

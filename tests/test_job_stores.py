@@ -13,6 +13,7 @@ import pytest
 from redis import Redis as SyncRedis
 
 from conveyor.errors import TransientError
+from conveyor.events import utcnow
 from conveyor.cli.embedded_broker import free_port
 from conveyor.stores import records
 from conveyor.stores.base import Delivery, DeliveryState, JobRecord, JobState, JobStore, StageState
@@ -141,6 +142,27 @@ async def test_sqlite_expires_completed_jobs_nothing_can_redrive(tmp_path) -> No
     kept = {job.job_id for job in (done, failed, waiting, running) if await store.get(job.job_id)}
     assert kept == {failed.job_id, waiting.job_id, running.job_id}
     await store.close()
+
+
+async def test_a_tenants_jobs_are_listed_newest_first_filtered_and_paged(store: JobStore) -> None:
+    acme = []
+    for _ in range(5):
+        acme.append(_record(tenant="acme"))
+        await store.create(acme[-1])
+        await asyncio.sleep(0.002)  # distinct creation times
+    await store.create(_record(tenant="globex"))
+    await store.update_stage(acme[1].job_id, "extractor", StageState.failed, attempts=1, error="bad")
+    middle = utcnow()
+    await store.update_stage(acme[3].job_id, "extractor", StageState.failed, attempts=1, error="bad")
+    newest_first = [r.job_id for r in reversed(acme)]
+
+    assert [r.job_id for r in await store.list_jobs("acme")] == newest_first
+    assert [r.job_id for r in await store.list_jobs("acme", state=JobState.failed)] == [acme[3].job_id, acme[1].job_id]
+    assert [r.job_id for r in await store.list_jobs("acme", state=JobState.failed, since=middle)] == [acme[3].job_id]
+    first = await store.list_jobs("acme", limit=2)
+    rest = await store.list_jobs("acme", before=first[-1].page_key(), limit=10)
+    assert [r.job_id for r in [*first, *rest]] == newest_first
+    assert await store.list_jobs("nobody") == []
 
 
 async def test_a_restarted_job_runs_every_stage_again(store: JobStore) -> None:

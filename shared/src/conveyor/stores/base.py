@@ -94,6 +94,10 @@ class JobRecord(BaseModel):
     blobs: list[BlobRef] = Field(default_factory=list,
                                  description="Blobs the job's payloads live in: deleted once it completes.")
 
+    def page_key(self) -> str:
+        """Where this job stands in its tenant's list, newest first (a cursor for `list_jobs`)."""
+        return f"{self.model_dump(mode='json', include={'created_at'})['created_at']}|{self.job_id}"
+
     def finished(self) -> bool:
         """Completed or failed: no longer counted against its tenant's active-job quota."""
         return self.state in (JobState.completed, JobState.failed)
@@ -142,6 +146,12 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     async def unfinished_submissions(self) -> list[tuple[str, bytes]]:
         """Every unfinished job that has a submission: (job id, its first event)."""
+
+    @abc.abstractmethod
+    async def list_jobs(self, tenant: str, *, state: JobState | None = None, since: datetime | None = None,
+                        before: str | None = None, limit: int = 50) -> list[JobRecord]:
+        """The tenant's jobs, newest first: those in `state`, updated at or after `since`, created
+        before the job whose `page_key` is `before`; at most `limit`."""
 
     @abc.abstractmethod
     async def keep_dead_letter(self, stage: str, letter: bytes, *, job_id: str | None) -> None:

@@ -17,7 +17,8 @@ An idempotency key is a string `<prefix>idempotency:<tenant>:<sha256 of the key>
 
 Each tenant's unfinished jobs are a sorted set `<prefix>active:<tenant>` (job id by last update),
 for the active-job quota; with `ttl_seconds`, members older than that are dropped as their
-records expire. An unfinished job's first event is a string `<prefix>submission:<job_id>`,
+records expire. Every job is in its tenant's sorted set `<prefix>jobs:<tenant>` (by creation
+time), for listing; members whose record expired are dropped as a listing meets them. An unfinished job's first event is a string `<prefix>submission:<job_id>`,
 deleted when the job finishes, to re-drive it if the events in flight are lost. Copies of dead
 letters are a list `<prefix>dead-letters` of `<stage> <letter>` entries, with a set
 `<prefix>dead-letters:<job_id>` of each job's entries, removed when the job completes.
@@ -119,6 +120,8 @@ class RedisJobStore(JobStore):
             if self.ttl_seconds:
                 pipe.expire(key, self.ttl_seconds)
             created = (await pipe.execute())[0]
+        if created:
+            await self._redis.zadd(self._jobs(record.tenant), {record.job_id: record.created_at.timestamp()}, nx=True)
         if created and not record.finished():
             await self._redis.zadd(self._active(record.tenant), {record.job_id: time.time()}, nx=True)
             if submission is not None:  # events are UTF-8 JSON; the client decodes to text
@@ -131,7 +134,35 @@ class RedisJobStore(JobStore):
             pipe.delete(self.key(job_id), self._submission(job_id))
             if record is not None:
                 pipe.zrem(self._active(record.tenant), job_id)
+                pipe.zrem(self._jobs(record.tenant), job_id)
             await pipe.execute()
+
+    async def list_jobs(self, tenant: str, *, state: JobState | None = None, since: datetime | None = None,
+                        before: str | None = None, limit: int = 50) -> list[JobRecord]:
+        key, found = self._jobs(tenant), []
+        newest = "+inf"
+        if before is not None:
+            newest = f"({datetime.fromisoformat(before.partition('|')[0].replace('Z', '+00:00')).timestamp()}"
+        while len(found) < limit:
+            job_ids = await self._redis.zrevrangebyscore(key, newest, "-inf", start=0, num=max(limit, 100),
+                                                         withscores=True)
+            if not job_ids:
+                break
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for job_id, _ in job_ids:
+                    pipe.hgetall(self.key(job_id))
+                loaded = await pipe.execute()
+            gone = []
+            for (job_id, _), fields in zip(job_ids, loaded):
+                record = _load(fields)
+                if record is None:
+                    gone.append(job_id)  # expired
+                elif (state is None or record.state == state) and (since is None or record.updated_at >= since):
+                    found.append(record)
+            if gone:
+                await self._redis.zrem(key, *gone)
+            newest = f"({job_ids[-1][1]}"
+        return found[:limit]
 
     async def keep_dead_letter(self, stage: str, letter: bytes, *, job_id: str | None) -> None:
         entry = f"{stage} {letter.decode('utf-8')}"  # letters are JSON (the original is base64 inside)
@@ -233,6 +264,9 @@ class RedisJobStore(JobStore):
 
     def _active(self, tenant: str) -> str:
         return f"{self.prefix}active:{tenant}"
+
+    def _jobs(self, tenant: str) -> str:
+        return f"{self.prefix}jobs:{tenant}"
 
     def _submission(self, job_id: str) -> str:
         return f"{self.prefix}submission:{job_id}"

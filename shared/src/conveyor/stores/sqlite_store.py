@@ -31,6 +31,9 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS active_jobs_tenant ON active_jobs (tenant)",
     # Each unfinished job's first event, to re-drive it when the events in flight are lost.
     "CREATE TABLE IF NOT EXISTS submissions (job_id TEXT PRIMARY KEY, event BLOB NOT NULL)",
+    # A tenant's jobs, newest first (GET /jobs).
+    "CREATE INDEX IF NOT EXISTS jobs_by_tenant ON jobs "
+    "(json_extract(record, '$.tenant'), json_extract(record, '$.created_at'), job_id)",
     # Copies of the dead letters the stages published, until their job completes.
     "CREATE TABLE IF NOT EXISTS dead_letters (id INTEGER PRIMARY KEY, stage TEXT NOT NULL, job_id TEXT, "
     "letter BLOB NOT NULL)",
@@ -119,9 +122,14 @@ def _insert_new(db: sqlite3.Connection, rows: list[tuple[str, str]], unfinished:
                            [value for row in kept for value in row])
 
 
+def _timestamp(moment: datetime) -> str:
+    """As the records store their times (UTC, `Z`), so that strings compare as times do."""
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
 def _expire(db: sqlite3.Connection, before: float) -> None:
     """Delete the completed jobs last updated before `before` (a Unix time) that nothing can re-drive."""
-    cutoff = datetime.fromtimestamp(before, timezone.utc).isoformat().replace("+00:00", "Z")
+    cutoff = _timestamp(datetime.fromtimestamp(before, timezone.utc))
     with db:
         db.execute("BEGIN IMMEDIATE")
         db.execute("DELETE FROM jobs WHERE json_extract(record, '$.state') = 'completed' "
@@ -297,6 +305,24 @@ class SqliteJobStore(JobStore):
     async def unfinished_submissions(self) -> list[tuple[str, bytes]]:
         return await self._run(lambda db: db.execute(
             "SELECT s.job_id, s.event FROM submissions s JOIN active_jobs a ON a.job_id = s.job_id").fetchall())
+
+    async def list_jobs(self, tenant: str, *, state: JobState | None = None, since: datetime | None = None,
+                        before: str | None = None, limit: int = 50) -> list[JobRecord]:
+        where, args = ["json_extract(record, '$.tenant') = ?"], [tenant]
+        if state is not None:
+            where.append("json_extract(record, '$.state') = ?")
+            args.append(state.value)
+        if since is not None:
+            where.append("json_extract(record, '$.updated_at') >= ?")
+            args.append(_timestamp(since))
+        if before is not None:
+            created, _, job_id = before.partition("|")
+            where.append("(json_extract(record, '$.created_at'), job_id) < (?, ?)")
+            args += [created, job_id]
+        query = (f"SELECT record FROM jobs WHERE {' AND '.join(where)} "
+                 "ORDER BY json_extract(record, '$.created_at') DESC, job_id DESC LIMIT ?")
+        rows = await self._run(lambda db: db.execute(query, [*args, limit]).fetchall())
+        return [JobRecord.model_validate_json(raw) for (raw,) in rows]
 
     async def keep_dead_letter(self, stage: str, letter: bytes, *, job_id: str | None) -> None:
         def keep(db: sqlite3.Connection) -> None:

@@ -13,10 +13,11 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
+from datetime import datetime, timezone
 from contextlib import asynccontextmanager
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -31,7 +32,16 @@ from conveyor.gateway.idempotency import KEY_PATTERN
 from conveyor.gateway.intake import PRODUCE_TIMEOUT_MS, Intake, new_event
 from conveyor.gateway.lag_exporter import export_lag_forever
 from conveyor.gateway.limits import BodyLimitMiddleware
-from conveyor.gateway.models import MAX_CONTENT_TYPE_CHARS, Accepted, JobView, SubmitRequest, problems
+from conveyor.gateway.models import (
+    MAX_CONTENT_TYPE_CHARS,
+    PAGE_KEY_PATTERN,
+    Accepted,
+    Rfc3339,
+    JobPage,
+    JobView,
+    SubmitRequest,
+    problems,
+)
 from conveyor.gateway.observability import ObserveRequests
 from conveyor.gateway.operations import serve_operations
 from conveyor.gateway.lean import LeanFastAPI
@@ -55,6 +65,8 @@ SUPPORTED_UPLOADS = {
 MAX_FILENAME_CHARS = 255
 SUPPORTED_SUFFIXES = (".txt", ".text", ".md", ".csv", ".html", ".htm", ".xhtml", ".pdf", ".docx")
 
+
+LIST_PARAMETERS = {"state", "since", "before", "limit"}
 
 IdempotencyKey = Annotated[str | None, Header(
     alias="Idempotency-Key", pattern=KEY_PATTERN,
@@ -195,6 +207,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(404, f"no job {job_id[:128]}")
         return record
 
+    @app.get("/jobs", response_model=JobPage, summary="The tenant's jobs, newest first",
+             responses=problems(401, 422, 429))
+    async def list_jobs(
+        request: Request,
+        principal: Annotated[Principal, Depends(caller)],
+        state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
+        since: Annotated[Rfc3339 | None, Query(description="Only jobs updated at or after this time.")] = None,
+        before: Annotated[str | None, Query(pattern=PAGE_KEY_PATTERN,
+                                            description="The `next` of the page before.")] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    ) -> JobPage:
+        unknown = sorted(set(request.query_params) - LIST_PARAMETERS)
+        if unknown:  # a misspelt filter must not quietly list everything
+            raise RequestValidationError([{"loc": ("query", name[:100]), "msg": "unknown query parameter",
+                                           "type": "extra_forbidden"} for name in unknown[:10]])
+        found = await request.app.state.store.list_jobs(principal.tenant, state=state, since=_utc(since),
+                                                        before=before, limit=limit + 1)
+        page = found[:limit]
+        return JobPage(jobs=[_view(record) for record in page],
+                       next=page[-1].page_key() if len(found) > limit else None)
+
     @app.get("/jobs/{job_id}", response_model=JobView, summary="A job's status, per stage",
              responses=problems(401, 404, 429))
     async def job_status(job_id: str, request: Request, principal: Annotated[Principal, Depends(caller)]) -> JobView:
@@ -233,6 +266,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.answer_directly("POST", "/submit", SubmitEndpoint(app.state, settings))
     return app
 
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    """A time from the query in UTC, within datetime's range."""
+    if moment is None:
+        return None
+    try:
+        return moment.astimezone(timezone.utc)
+    except OverflowError:  # an offset past year 1 or 9999
+        return (datetime.min if moment.year < 5000 else datetime.max).replace(tzinfo=timezone.utc)
 
 
 def _view(record: JobRecord) -> JobView:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, HttpUrl
 
 from conveyor.stores.base import Delivery, JobState, StageProgress
 
@@ -64,3 +65,29 @@ class JobView(BaseModel):
     waiting_since: datetime | None = None
     delivery: Delivery | None = Field(None, description="The webhook's delivery, once its first attempt failed.")
     meta: dict[str, Any] = Field(default_factory=dict)
+
+
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:(\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def _rfc3339(value: object) -> object:
+    """Only what the OpenAPI `date-time` format allows (pydantic would also take `0.5`, a Unix
+    time, or a date without a time); a leap second counts as the second before it."""
+    if isinstance(value, str):
+        match = _RFC3339.fullmatch(value)
+        if match is None:
+            raise ValueError("expected an RFC 3339 date-time with its offset, e.g. 2026-12-03T10:00:00Z")
+        if match.group(1) == "60":
+            value = value[:match.start(1)] + "59" + value[match.end(1):]
+    return value
+
+
+Rfc3339 = Annotated[AwareDatetime, BeforeValidator(_rfc3339)]
+
+# A page cursor: the last job's creation time and id, as JobPage.next gives it.
+PAGE_KEY_PATTERN = r"^[0-9:.TZ+-]{10,40}\|[A-Za-z0-9_-]{1,128}$"
+
+
+class JobPage(BaseModel):
+    jobs: list[JobView]
+    next: str | None = Field(None, description="Pass as `before` for the next page; null on the last one.")
