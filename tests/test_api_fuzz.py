@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import schemathesis
-from schemathesis.checks import positive_data_acceptance
+from schemathesis.checks import negative_data_rejection, positive_data_acceptance
 from hypothesis import HealthCheck, settings
 
 from conveyor.gateway.app import create_app
@@ -45,6 +45,10 @@ def gateway(broker: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
 def test_the_api_conforms_to_its_schema_under_fuzzing(case: schemathesis.Case, gateway: Pipeline) -> None:
     # Named as the security scheme names it, so the ignored-auth check can take it away again.
     excluded = [positive_data_acceptance] if (case.method, case.path) in ACCEPTANCE_NOT_EXPECTED else []
+    if any(value is None for value in (case.query or {}).values()):
+        # A query parameter whose value is null is not sent at all: the request that reaches the
+        # gateway is not the schema-violating one the case describes.
+        excluded.append(negative_data_rejection)
     key = (case.headers or {}).get("Idempotency-Key")
     if isinstance(key, str) and re.match(KEY_PATTERN, key):
         # A valid key is made unique: the generator repeats values across unrelated bodies, and a

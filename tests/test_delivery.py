@@ -282,3 +282,19 @@ def test_a_job_that_fails_in_a_stage_calls_back_with_job_failed_naming_it(pipeli
     # Telling the callback changed nothing else: no notifier progress, so a replay that succeeds
     # still completes the job and sends its `job.completed`.
     assert job["status"] == "failed" and "notifier" not in job["stages"]
+
+    # Every job that failed since a time is told again, on request, with the same webhook-id.
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(failed_at - 60))
+    again = pipeline.client.post("/jobs/redeliver", json={"state": "failed", "since": since})
+    assert again.status_code == 202 and again.json() == {"scheduled": 1, "next": None}
+    deadline = time.monotonic() + 10
+    while len(receiver.bodies[unusable]) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [body["type"] for body in receiver.bodies[unusable]] == ["job.failed", "job.failed"]
+    assert receiver.ids[unusable] == {f"{unusable}.failed"}
+    assert len(receiver.bodies[good]) == 1  # completed, not failed: not sent again
+    # The same from the command line; a time that is not one is a one-line error.
+    assert "webhooks of 1 job(s) that failed since" in run_cli(pipeline, "redeliver", "--failed-since", since)
+    wrong = subprocess.run([sys.executable, "-m", "conveyor.cli.main", "redeliver", "--failed-since", "yesterday"],
+                           env=pipeline.env, capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 1 and wrong.stderr.count("\n") == 1 and "RFC 3339" in wrong.stderr

@@ -94,6 +94,11 @@ class JobRecord(BaseModel):
     blobs: list[BlobRef] = Field(default_factory=list,
                                  description="Blobs the job's payloads live in: deleted once it completes.")
 
+    def webhook_id(self) -> str:
+        """The same on every attempt of one outcome's webhook: the job id for its completion,
+        `<job id>.failed` for its failure (a failed job replayed to completion is told both)."""
+        return f"{self.job_id}.failed" if self.state == JobState.failed else self.job_id
+
     def page_key(self) -> str:
         """Where this job stands in its tenant's list, newest first (a cursor for `list_jobs`)."""
         return f"{self.model_dump(mode='json', include={'created_at'})['created_at']}|{self.job_id}"

@@ -39,6 +39,11 @@ def run(args: argparse.Namespace, home: Path) -> int:
                 return submit(client, args.source, user_id=args.user, callback_url=args.callback_url,
                               wait=args.wait, timeout=args.timeout)
             if args.command == "redeliver":
+                if (args.job_id is None) == (args.failed_since is None):
+                    print("conveyor: name a job, or give --failed-since TIME (not both)", file=sys.stderr)
+                    return 2
+                if args.failed_since is not None:
+                    return redeliver_failed(client, args.failed_since)
                 return redeliver(client, args.job_id)
             return status(client, args.job_id)
     except Unauthorized:
@@ -120,4 +125,20 @@ def redeliver(client: httpx.Client, job_id: str) -> int:
         print(f"conveyor: {response.json().get('detail', response.text)}", file=sys.stderr)
         return 1
     print(f"webhook of job {job_id} scheduled to be sent again now")
+    return 0
+
+
+def redeliver_failed(client: httpx.Client, since: str) -> int:
+    scheduled, before = 0, None
+    while True:  # one request schedules at most 10,000: go on from where it stopped
+        response = client.post("/jobs/redeliver", json={"state": "failed", "since": since, "before": before})
+        if response.status_code != 202:
+            errors = response.json().get("errors") or [{}]
+            print(f"conveyor: {errors[0].get('msg') or response.json().get('detail', response.text)}", file=sys.stderr)
+            return 1
+        scheduled += response.json()["scheduled"]
+        before = response.json()["next"]
+        if before is None:
+            break
+    print(f"webhooks of {scheduled} job(s) that failed since {since} scheduled to be sent again now")
     return 0

@@ -63,8 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("job_id")
     status.add_argument("--url", default=None, help="gateway URL (as for submit)")
 
-    redeliver = sub.add_parser("redeliver", help="send a completed job's webhook again, now (same webhook-id)")
-    redeliver.add_argument("job_id")
+    redeliver = sub.add_parser("redeliver", help="send an ended job's webhook again, now (same webhook-id); "
+                                                 "or, with --failed-since, every job's that failed since then")
+    redeliver.add_argument("job_id", nargs="?", help="the job (omit with --failed-since)")
+    redeliver.add_argument("--failed-since", metavar="TIME", default=None,
+                           help="an RFC 3339 time, e.g. 2026-12-03T00:00:00Z: every job that failed since then")
     redeliver.add_argument("--url", default=None, help="gateway URL (as for submit)")
 
     topics = sub.add_parser("topics", help="list the pipeline's topics and partitions")

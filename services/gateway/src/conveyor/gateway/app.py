@@ -11,7 +11,6 @@ import gc
 import hashlib
 import json
 import logging
-import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from contextlib import asynccontextmanager
@@ -24,7 +23,7 @@ from pydantic import ValidationError
 
 from conveyor import metrics, tracing
 from conveyor.breakers import DependencyUnavailable
-from conveyor.events import Event, Payload, utcnow
+from conveyor.events import Event, Payload
 from conveyor.gateway.admission import BacklogBound, TenantRate
 from conveyor.gateway.answers import accepted, unavailable, validation_problem
 from conveyor.gateway.auth import Authenticate, Authenticator, Principal, caller
@@ -39,10 +38,13 @@ from conveyor.gateway.models import (
     Rfc3339,
     JobPage,
     JobView,
+    RedeliverRequest,
+    Redelivered,
     SubmitRequest,
     problems,
 )
 from conveyor.gateway.observability import ObserveRequests
+from conveyor.gateway import redelivery
 from conveyor.gateway.operations import serve_operations
 from conveyor.gateway.lean import LeanFastAPI
 from conveyor.gateway.submit_route import SubmitEndpoint
@@ -50,7 +52,7 @@ from conveyor.kafka.admin import ensure_topics
 from conveyor.kafka.clients import make_producer
 from conveyor.settings import Settings, get_settings
 from conveyor.stores import open_blob_store, open_job_store
-from conveyor.stores.base import Delivery, DeliveryState, JobRecord, JobState, delivery_host
+from conveyor.stores.base import JobRecord, JobState
 from conveyor.stores.blobs import BlobTooLarge
 from conveyor.topics import all_topics
 
@@ -228,27 +230,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JobPage(jobs=[_view(record) for record in page],
                        next=page[-1].page_key() if len(found) > limit else None)
 
+    # Before /jobs/{job_id}: the router answers 405 for this path from the first route that matches it.
+    @app.post("/jobs/redeliver", response_model=Redelivered, status_code=202,
+              summary="Send the webhooks of every job that ended so since a time again, now",
+              responses=problems(400, 401, 413, 422, 429))
+    async def redeliver_all(body: RedeliverRequest, request: Request,
+                            principal: Annotated[Principal, Depends(caller)]) -> Redelivered:
+        scheduled, after = await redelivery.schedule_all(request.app.state.store, principal.tenant,
+                                                         JobState(body.state), _utc(body.since), body.before)
+        return Redelivered(scheduled=scheduled, next=after)
+
     @app.get("/jobs/{job_id}", response_model=JobView, summary="A job's status, per stage",
              responses=problems(401, 404, 429))
     async def job_status(job_id: str, request: Request, principal: Annotated[Principal, Depends(caller)]) -> JobView:
         return _view(await tenant_job(request, job_id, principal))
 
     @app.post("/jobs/{job_id}/redeliver", response_model=JobView, status_code=202,
-              summary="Send a completed job's webhook again, now", responses=problems(401, 404, 409, 429))
+              summary="Send an ended job's webhook again, now", responses=problems(401, 404, 409, 429))
     async def redeliver(job_id: str, request: Request, principal: Annotated[Principal, Depends(caller)]) -> JobView:
-        store = request.app.state.store
         record = await tenant_job(request, job_id, principal)
-        if not record.callback_url:
-            raise HTTPException(409, f"job {job_id} has no callback_url")
-        if record.state != JobState.completed:
-            raise HTTPException(409, f"job {job_id} is {record.state.value}; only a completed job's webhook is re-sent")
-        previous = record.delivery
-        # Slot -1: the schedule starts over after this attempt; the webhook-id stays the job's.
-        delivery = Delivery(state=DeliveryState.waiting, webhook_id=job_id, slot=-1,
-                            attempts=previous.attempts if previous else 0, next_attempt_at=utcnow(),
-                            last_status=previous.last_status if previous else None)
-        await store.set_delivery(job_id, delivery)
-        await store.schedule_delivery(job_id, host=delivery_host(record.callback_url), due=time.time())
+        refused = redelivery.refusal(record)
+        if refused:
+            raise HTTPException(409, refused)
+        delivery = await redelivery.schedule(request.app.state.store, record)
         return _view(record.model_copy(update={"delivery": delivery}))
 
     @app.get("/healthz", summary="Liveness")

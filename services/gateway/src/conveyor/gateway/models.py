@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, HttpUrl
 
@@ -73,12 +73,13 @@ _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:(\d{2})(\.\d{1,9})?([Zz
 def _rfc3339(value: object) -> object:
     """Only what the OpenAPI `date-time` format allows (pydantic would also take `0.5`, a Unix
     time, or a date without a time); a leap second counts as the second before it."""
-    if isinstance(value, str):
-        match = _RFC3339.fullmatch(value)
-        if match is None:
-            raise ValueError("expected an RFC 3339 date-time with its offset, e.g. 2026-12-03T10:00:00Z")
-        if match.group(1) == "60":
-            value = value[:match.start(1)] + "59" + value[match.end(1):]
+    if isinstance(value, datetime):
+        return value
+    match = _RFC3339.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError("expected an RFC 3339 date-time with its offset, e.g. 2026-12-03T10:00:00Z")
+    if match.group(1) == "60":
+        value = value[:match.start(1)] + "59" + value[match.end(1):]
     return value
 
 
@@ -91,3 +92,16 @@ PAGE_KEY_PATTERN = r"^[0-9:.TZ+-]{10,40}\|[A-Za-z0-9_-]{1,128}$"
 class JobPage(BaseModel):
     jobs: list[JobView]
     next: str | None = Field(None, description="Pass as `before` for the next page; null on the last one.")
+
+
+class RedeliverRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    state: Literal["failed", "completed"] = Field("failed", description="The jobs that ended so.")
+    since: Rfc3339 = Field(description="Only jobs that ended (were last updated) at or after this time.")
+    before: str | None = Field(None, pattern=PAGE_KEY_PATTERN, description="The `next` of the request before.")
+
+
+class Redelivered(BaseModel):
+    scheduled: int = Field(description="Webhooks put on the schedule, to be sent now.")
+    next: str | None = Field(None, description="More jobs matched than one request schedules (10,000): send "
+                                               "the request again with this as `before`.")

@@ -23,7 +23,7 @@ from standardwebhooks import Webhook
 
 from conveyor.breakers import Breaker, Breakers, DependencyFailure, DependencyUnavailable
 from conveyor.errors import PermanentError, TransientError
-from conveyor.notifier.webhooks import Refused, check_target, deliver, result_body, signers, webhook_id
+from conveyor.notifier.webhooks import Refused, check_target, deliver, result_body, signers
 from conveyor.settings import Settings
 from conveyor.stores.base import Delivery, DeliveryState, JobRecord, JobState, JobStore, delivery_host
 
@@ -146,7 +146,7 @@ class Deliveries:
                 try:
                     address = await check_target(url, allow_private=self._settings.webhook_allow_private)
                     await deliver(self._client, url, result_body(record), webhooks=self._tenant_signers(record.tenant),
-                                  delivery_id=webhook_id(record), address=address,
+                                  delivery_id=record.webhook_id(), address=address,
                                   max_response_bytes=self._settings.webhook_max_response_bytes,
                                   timeout=self._settings.webhook_timeout_seconds)
                 except TransientError as exc:
@@ -164,7 +164,7 @@ class Deliveries:
             return True
         current = _current(record)
         if record.state == JobState.failed:  # recorded, so that a redelivered notice is not sent twice
-            current = current or Delivery(state=DeliveryState.delivered, webhook_id=webhook_id(record))
+            current = current or Delivery(state=DeliveryState.delivered, webhook_id=record.webhook_id())
         else:  # the completion's claim; a failure notice leaves room for the completion after a replay
             await self._store.mark_notified(record.job_id)
         if current is not None:
@@ -172,13 +172,13 @@ class Deliveries:
                 "state": DeliveryState.delivered, "attempts": current.attempts + 1, "next_attempt_at": None,
                 "last_status": 200, "last_error": None, "updated_at": _now()}))
             await self._store.unschedule_delivery(record.job_id)
-            log.info("webhook %s delivered after %d attempt(s)", webhook_id(record), current.attempts + 1)
+            log.info("webhook %s delivered after %d attempt(s)", record.webhook_id(), current.attempts + 1)
         return True
 
     async def _retry_later(self, record: JobRecord, host: str, *, called: bool, error: str,
                            status: int | None = None) -> None:
         """The next slot of the schedule, or failed when none is left."""
-        current = _current(record) or Delivery(state=DeliveryState.waiting, webhook_id=webhook_id(record), slot=-1)
+        current = _current(record) or Delivery(state=DeliveryState.waiting, webhook_id=record.webhook_id(), slot=-1)
         slot = current.slot + 1
         attempts = current.attempts + (1 if called else 0)
         if slot >= len(self._schedule):
@@ -197,7 +197,7 @@ class Deliveries:
         log.debug("webhook for job %s waits for %s (retry %d in %gs)", record.job_id, host, slot + 1, self._schedule[slot])
 
     async def _give_up(self, record: JobRecord, *, error: str, status: int | None, called: bool) -> None:
-        current = _current(record) or Delivery(state=DeliveryState.failed, webhook_id=webhook_id(record))
+        current = _current(record) or Delivery(state=DeliveryState.failed, webhook_id=record.webhook_id())
         await self._store.set_delivery(record.job_id, current.model_copy(update={
             "state": DeliveryState.failed, "attempts": current.attempts + (1 if called else 0), "last_status": status,
             "last_error": error[:500], "next_attempt_at": None, "updated_at": _now()}))
@@ -213,7 +213,7 @@ class Deliveries:
 
 def _current(record: JobRecord) -> Delivery | None:
     """The record's delivery, when it is this outcome's (not a failure notice's before a replay)."""
-    return record.delivery if record.delivery and record.delivery.webhook_id == webhook_id(record) else None
+    return record.delivery if record.delivery and record.delivery.webhook_id == record.webhook_id() else None
 
 
 def _now() -> datetime:

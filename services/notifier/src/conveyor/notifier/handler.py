@@ -19,7 +19,6 @@ from conveyor.breakers import Breakers
 from conveyor.events import Event
 from conveyor.kafka.stage import Stage
 from conveyor.notifier.deliveries import Deliveries
-from conveyor.notifier.webhooks import webhook_id
 from conveyor.settings import Settings
 from conveyor.stores import records
 from conveyor.stores.base import JobRecord, JobState, JobStore
@@ -40,7 +39,7 @@ def build_stage(settings: Settings, store: JobStore, blobs: BlobStore, resources
         record = await store.get(event.job_id)
         if event.failure is not None:  # the job failed in a stage: its callback hears `job.failed`
             if record is not None and record.state == JobState.failed and event.callback_url \
-                    and not (record.delivery and record.delivery.webhook_id == webhook_id(record)):
+                    and not (record.delivery and record.delivery.webhook_id == record.webhook_id()):
                 await deliveries.first_attempt(record, event.callback_url)
             return None
         first_completion = record is None or record.summary is None

@@ -47,12 +47,6 @@ class Unanswered(TransientError):
         self.status = status
 
 
-def webhook_id(record: JobRecord) -> str:
-    """The same on every attempt of one outcome's delivery: the job id for its completion,
-    `<job id>.failed` for its failure (a failed job replayed to completion is told both)."""
-    return record.job_id if record.state != JobState.failed else f"{record.job_id}.failed"
-
-
 def result_body(record: JobRecord) -> bytes:
     """`job.completed` with the summary, or `job.failed` with the stage and the reason."""
     if record.state == JobState.failed:
