@@ -298,3 +298,40 @@ def test_a_job_that_fails_in_a_stage_calls_back_with_job_failed_naming_it(pipeli
     wrong = subprocess.run([sys.executable, "-m", "conveyor.cli.main", "redeliver", "--failed-since", "yesterday"],
                            env=pipeline.env, capture_output=True, text=True, timeout=60)
     assert wrong.returncode == 1 and wrong.stderr.count("\n") == 1 and "RFC 3339" in wrong.stderr
+
+
+def test_a_cancelled_job_stops_its_llm_call_writes_nothing_more_and_calls_back(broker: str, tmp_path,
+                                                                                openai_server, receiver) -> None:
+    from fakes.openai_server import Reply
+
+    openai_server.fallback = lambda received: Reply.slow(20)  # every call takes 20 s
+    pipeline = Pipeline(broker, tmp_path, extra_env={
+        "CONVEYOR_SUMMARIZER_BACKEND": "openai", "CONVEYOR_OPENAI_BASE_URL": openai_server.url,
+        "CONVEYOR_WEBHOOK_ALLOW_PRIVATE": "true", "CONVEYOR_WEBHOOK_SECRET": SECRET})
+    try:
+        pipeline.start_all()
+        job_id = pipeline.submit(english_text(seed=4), callback_url=receiver.url)
+        deadline = time.monotonic() + 60
+        while not openai_server.in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert openai_server.in_flight, "the LLM call never started"
+
+        cancelled_at = time.monotonic()
+        answer = pipeline.client.delete(f"/jobs/{job_id}")
+        again = pipeline.client.delete(f"/jobs/{job_id}")  # the same answer: cancelling is idempotent
+        assert answer.status_code == again.status_code == 202 and answer.json()["status"] == "cancelled"
+        deadline = time.monotonic() + 5
+        while not openai_server.disconnects and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert openai_server.disconnects and openai_server.disconnects[0] - cancelled_at < 2  # the call was cut
+        deadline = time.monotonic() + 10
+        while job_id not in receiver.bodies and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert [body["type"] for body in receiver.bodies[job_id]] == ["job.cancelled"]
+        assert receiver.ids[job_id] == {f"{job_id}.cancelled"}
+        time.sleep(2)
+        job = pipeline.job(job_id)
+        assert job["status"] == "cancelled" and job["summary"] is None  # nothing was written after it
+        assert pipeline.client.delete("/jobs/nope").status_code == 404
+    finally:
+        pipeline.stop_all()

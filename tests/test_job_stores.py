@@ -165,6 +165,23 @@ async def test_a_tenants_jobs_are_listed_newest_first_filtered_and_paged(store: 
     assert await store.list_jobs("nobody") == []
 
 
+async def test_a_cancelled_job_is_skipped_and_nothing_more_is_written_for_it(store: JobStore) -> None:
+    record, done = _record(tenant="acme"), _record(tenant="acme")
+    for job in (record, done):
+        await store.create(job)
+    await store.complete(done.job_id, summary="s")
+    cancelled = await store.cancel(record.job_id)
+    assert cancelled is not None and cancelled.state == JobState.cancelled
+    assert (await store.cancel(done.job_id)).state == JobState.completed  # too late to cancel
+    assert await store.cancelled_jobs([record.job_id, done.job_id, "nope"]) == {record.job_id}
+    assert (await store.claim_attempt(record.job_id, "extractor", max_attempts=3, skip_done=False)).action == "skip"
+    await store.update_stage(record.job_id, "extractor", StageState.done, attempts=1)
+    await store.complete(record.job_id, summary="late")
+    after = await store.get(record.job_id)
+    assert after is not None and after.state == JobState.cancelled and after.summary is None and not after.stages
+    assert await store.active_jobs("acme") == 0
+
+
 async def test_a_restarted_job_runs_every_stage_again(store: JobStore) -> None:
     record = _record()
     await store.create(record)
@@ -341,7 +358,8 @@ async def test_keys_carry_the_prefix(redis_url: str) -> None:
     sync = SyncRedis.from_url(redis_url, decode_responses=True)
     try:
         keys = sorted(sync.keys(f"{store.prefix}*"))
-        assert keys == [f"{store.prefix}abc", f"{store.prefix}active:default"]  # the job, its tenant's active set
+        # The job, its tenant's active set and its tenant's list.
+        assert keys == [f"{store.prefix}abc", f"{store.prefix}active:default", f"{store.prefix}jobs:default"]
         assert sync.ttl(keys[0]) == -1  # no TTL unless asked for
     finally:
         sync.close()

@@ -76,6 +76,7 @@ class FakeOpenAI:
         self.answers: list[tuple[Received, int]] = []
         self.fallback: Callable[[Received], Reply] | None = None
         self.in_flight = 0  # requests being answered now, this one included while `fallback` decides
+        self.disconnects: list[float] = []  # time.monotonic() of each client that closed a slow request
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self.port = 0
@@ -110,7 +111,12 @@ class FakeOpenAI:
             body = await request.json()
             reply = self._next(Received(time.monotonic(), body, dict(request.headers)))
             if reply.delay:
-                await asyncio.sleep(reply.delay)
+                deadline = time.monotonic() + reply.delay
+                while time.monotonic() < deadline:
+                    if await request.is_disconnected():  # the client gave up: say when
+                        self.disconnects.append(time.monotonic())
+                        break
+                    await asyncio.sleep(0.05)
             with self._lock:
                 self.in_flight -= 1
                 self.answers.append((Received(time.monotonic(), body, {}), reply.status))

@@ -54,6 +54,7 @@ Handler = Callable[[Event], Awaitable[Event | None]]
 REVOKE_GRACE_SECONDS = 5.0
 SHUTDOWN_GRACE_SECONDS = 25.0
 FETCH_TIMEOUT_MS = 200
+CANCEL_POLL_SECONDS = 1.0  # how soon a running handler learns its job was cancelled
 BROKER_RETRY_CAP_SECONDS = 5.0
 
 
@@ -77,6 +78,10 @@ class WorkerDied(Exception):
 
 class DeadlineExceeded(Exception):
     """An attempt ran past CONVEYOR_STAGE_TIMEOUT_SECONDS."""
+
+
+class JobCancelled(Exception):
+    """The job was cancelled while this stage worked on it: the handler was stopped."""
 
 
 class _Abandoned(Exception):
@@ -145,6 +150,7 @@ class StageWorker:
         self._waiting: set[asyncio.Task[None]] = set()  # records waiting to retry, holding no slot
         self._in_flight = 0
         self._handling = 0
+        self._handlers: dict[str, asyncio.Future[Event | None]] = {}  # job id -> its running handler
         self._last_progress = time.monotonic()
         # Records of one job (same key) run one after another, so a redelivered duplicate sees
         # the first copy's outcome instead of racing it.
@@ -176,19 +182,20 @@ class StageWorker:
         self._consumer = self._consumer or make_consumer(
             self.settings, group_id=self.group, max_poll_interval_ms=self.settings.max_poll_interval_ms)
         await self._producer.start()
-        committer: asyncio.Task[None] | None = None
+        background: list[asyncio.Task[None]] = []
         try:
             self._consumer.subscribe([self.topic], listener=_Rebalance(self))
             await self._consumer.start()
             log.info("%s consuming %s as group %s", self.stage.name, self.topic, self.group)
-            committer = asyncio.create_task(self._commit_forever())
+            background += [asyncio.create_task(self._commit_forever()),
+                           asyncio.create_task(self._stop_cancelled_forever())]
             while not self._stopping.is_set():
                 await self._fetch_once()
         finally:
             self.ready = False
             await self._drain(set(self._tasks), grace=SHUTDOWN_GRACE_SECONDS)
-            if committer:
-                committer.cancel()
+            for task in background:
+                task.cancel()
             await self._commit()
             await self._consumer.stop()  # leaves the group so partitions move at once
             await self._producer.stop()
@@ -293,6 +300,23 @@ class StageWorker:
                 await asyncio.wait(late)
                 log.warning("%s: %d record(s) still running after %.0fs; they will be redelivered",
                             self.stage.name, len(late), grace)
+
+    async def _stop_cancelled_forever(self) -> None:
+        """Stop the handlers of jobs cancelled while they run (an LLM call is aborted with them)."""
+        while True:
+            await asyncio.sleep(CANCEL_POLL_SECONDS)
+            running = list(self._handlers)
+            if not running:
+                continue
+            try:
+                cancelled = await self.store.cancelled_jobs(running)
+            except Exception as exc:  # noqa: BLE001 - the next round asks again
+                log.debug("%s: cannot ask the job store about cancellations: %s", self.stage.name, exc)
+                continue
+            for job_id in cancelled:
+                handler = self._handlers.get(job_id)
+                if handler is not None:
+                    handler.cancel()
 
     async def _commit_forever(self) -> None:
         while True:
@@ -412,12 +436,18 @@ class StageWorker:
         counted = True  # the first attempt was counted by the claim
         outages = 0
         while True:
-            if not counted:
+            if not counted:  # a retry, or the same attempt after an outage: the job may be withdrawn since
+                if await self.store.cancelled_jobs([event.job_id]):
+                    log.info("%s: job %s was cancelled; not trying it again", stage, event.job_id)
+                    return
                 # Counted before the handler runs: a worker that dies in it still used the attempt.
                 await self.store.update_stage(event.job_id, stage, StageState.running, attempts=attempt)
             counted = False
             try:
                 output = await self._run_handler(event.model_copy(update={"attempt": attempt}))
+            except JobCancelled:
+                log.info("%s: job %s was cancelled; its handler was stopped", stage, event.job_id)
+                return
             except DependencyUnavailable as exc:
                 if not exc.charge:
                     outages += 1
@@ -475,12 +505,20 @@ class StageWorker:
         async with self._slots:
             self._handling += 1
             self._metrics.in_flight.inc()
+            # Its own task, so that a cancellation of the job can stop it alone (see _stop_cancelled_forever).
+            handler = asyncio.ensure_future(self.stage.handler(event))
+            self._handlers[event.job_id] = handler
             try:
                 async with asyncio.timeout(timeout):
-                    return await self.stage.handler(event)
+                    return await handler
             except TimeoutError:
                 raise DeadlineExceeded(f"attempt ran past its deadline of {timeout:g}s") from None
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling():  # a shutdown or a revocation: it goes on up
+                    raise
+                raise JobCancelled(f"job {event.job_id} was cancelled") from None
             finally:
+                self._handlers.pop(event.job_id, None)
                 self._handling -= 1
                 self._last_progress = time.monotonic()
                 self._metrics.in_flight.dec()

@@ -29,6 +29,7 @@ class JobState(str, Enum):
     waiting = "waiting"  # held by an outage of a dependency; resumes on its own
     completed = "completed"
     failed = "failed"
+    cancelled = "cancelled"  # withdrawn by its tenant: every stage skips it, nothing more is written
 
 
 class StageState(str, Enum):
@@ -96,16 +97,19 @@ class JobRecord(BaseModel):
 
     def webhook_id(self) -> str:
         """The same on every attempt of one outcome's webhook: the job id for its completion,
-        `<job id>.failed` for its failure (a failed job replayed to completion is told both)."""
-        return f"{self.job_id}.failed" if self.state == JobState.failed else self.job_id
+        `<job id>.failed` or `.cancelled` for the others (a failed job replayed to completion is
+        told both)."""
+        if self.state in (JobState.failed, JobState.cancelled):
+            return f"{self.job_id}.{self.state.value}"
+        return self.job_id
 
     def page_key(self) -> str:
         """Where this job stands in its tenant's list, newest first (a cursor for `list_jobs`)."""
         return f"{self.model_dump(mode='json', include={'created_at'})['created_at']}|{self.job_id}"
 
     def finished(self) -> bool:
-        """Completed or failed: no longer counted against its tenant's active-job quota."""
-        return self.state in (JobState.completed, JobState.failed)
+        """Completed, failed or cancelled: no longer counted against its tenant's active-job quota."""
+        return self.state in (JobState.completed, JobState.failed, JobState.cancelled)
 
     def redrivable(self) -> bool:
         """Something can still re-drive this job (a dead letter, a waiting delivery): its record
@@ -160,7 +164,7 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     async def keep_dead_letter(self, stage: str, letter: bytes, *, job_id: str | None) -> None:
-        """Keep a copy of a dead letter the stage published, until its job completes."""
+        """Keep a copy of a dead letter the stage published, until its job completes or is cancelled."""
 
     @abc.abstractmethod
     async def dead_letters(self) -> list[tuple[str, bytes]]:
@@ -189,6 +193,22 @@ class JobStore(abc.ABC):
         from conveyor.stores import records
 
         await self.transform(job_id, lambda r: records.completed(r, summary=summary, meta=meta))
+
+    async def cancel(self, job_id: str) -> JobRecord | None:
+        """Mark the job cancelled (again is the same); the record as it now is, None when unknown."""
+        from conveyor.stores import records
+
+        await self.transform(job_id, records.cancelled)
+        return await self.get(job_id)
+
+    async def cancelled_jobs(self, job_ids: list[str]) -> set[str]:
+        """Which of these jobs are cancelled (asked about the ones a worker is handling now)."""
+        found = set()
+        for job_id in job_ids:
+            record = await self.get(job_id)
+            if record is not None and record.state == JobState.cancelled:
+                found.add(job_id)
+        return found
 
     async def mark_notified(self, job_id: str) -> bool:
         """Record the job's webhook as delivered; False when it already was (or the job is unknown)."""

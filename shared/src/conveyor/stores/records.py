@@ -11,6 +11,8 @@ from conveyor.stores.base import Claim, JobRecord, JobState, StageProgress, Stag
 def with_stage(record: JobRecord, stage: str, state: StageState, *, attempts: int, error: str | None,
                waiting_for: str | None = None) -> JobRecord:
     """The record after a stage reports progress. Finished jobs stay finished (redeliveries)."""
+    if record.state == JobState.cancelled:
+        return record  # nothing is written for a cancelled job
     now = utcnow()
     current = record.stages.get(stage, StageProgress())
     if current.state == StageState.done and state != StageState.done:
@@ -38,6 +40,8 @@ def with_stage(record: JobRecord, stage: str, state: StageState, *, attempts: in
 
 
 def completed(record: JobRecord, *, summary: str, meta: dict[str, Any] | None) -> JobRecord:
+    if record.state == JobState.cancelled:
+        return record
     return record.model_copy(update={
         "state": JobState.completed, "summary": summary, "error": None, "updated_at": utcnow(),
         "meta": {**record.meta, **(meta or {})},
@@ -50,6 +54,8 @@ def notified(record: JobRecord) -> JobRecord:
 
 def claim(record: JobRecord | None, stage: str, *, max_attempts: int, skip_done: bool) -> tuple[JobRecord | None, Claim]:
     """The record with this delivery's attempt counted (None: nothing to write), and the claim."""
+    if record is not None and record.state == JobState.cancelled:
+        return None, Claim("skip", 0)
     progress = record.stages.get(stage) if record else None
     if progress is None or progress.state in (StageState.pending, StageState.failed):
         attempt = 1  # new, or replayed from the dead-letter topic
@@ -80,3 +86,10 @@ def with_blob(record: JobRecord, blob: BlobRef) -> JobRecord | None:
     if any(owned.uri == blob.uri for owned in record.blobs):
         return None
     return record.model_copy(update={"blobs": [*record.blobs, blob]})
+
+
+def cancelled(record: JobRecord) -> JobRecord:
+    """The record of a job its tenant withdrew; a completed (or cancelled) one stays as it is."""
+    if record.state in (JobState.completed, JobState.cancelled):
+        return record
+    return record.model_copy(update={"state": JobState.cancelled, "updated_at": utcnow()})

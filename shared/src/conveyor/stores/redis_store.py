@@ -312,7 +312,8 @@ class RedisJobStore(JobStore):
                     elif current.finished() or self.ttl_seconds:  # revived, or its expiry moved
                         pipe.zadd(self._active(updated.tenant), {job_id: time.time()})
                     await pipe.execute()
-                    if updated.state == JobState.completed and current.state != JobState.completed:
+                    over = (JobState.completed, JobState.cancelled)
+                    if updated.state in over and current.state not in over:
                         await self._forget_dead_letters(job_id)  # nothing can re-drive it any more
                     return True
                 except WatchError:

@@ -94,10 +94,11 @@ def _track_active(db: sqlite3.Connection, changes: list[tuple[JobRecord | None, 
     if ended:
         db.executemany("DELETE FROM active_jobs WHERE job_id = ?", ended)
         db.executemany("DELETE FROM submissions WHERE job_id = ?", ended)
-    completed = [(after.job_id,) for before, after in changes
-                 if after.state == JobState.completed and (before is None or before.state != JobState.completed)]
-    if completed:  # nothing can re-drive these any more
-        db.executemany("DELETE FROM dead_letters WHERE job_id = ?", completed)
+    over = (JobState.completed, JobState.cancelled)
+    done_with = [(after.job_id,) for before, after in changes
+                 if after.state in over and (before is None or before.state not in over)]
+    if done_with:  # nothing can re-drive these any more
+        db.executemany("DELETE FROM dead_letters WHERE job_id = ?", done_with)
     if revived:
         db.executemany("INSERT OR IGNORE INTO active_jobs VALUES (?, ?)", revived)
 

@@ -16,7 +16,7 @@ import httpx
 
 from conveyor.cli.local_credentials import cli_api_key
 
-TERMINAL = {"completed", "failed"}
+TERMINAL = {"completed", "failed", "cancelled"}
 
 
 class Unauthorized(Exception):
@@ -103,7 +103,7 @@ def _wait_for(client: httpx.Client, job_id: str, timeout: float) -> int:
             if job["status"] == "completed":
                 print(job["summary"])
                 return 0
-            print(f"job failed: {job['error']}", file=sys.stderr)
+            print("job cancelled" if job["status"] == "cancelled" else f"job failed: {job['error']}", file=sys.stderr)
             return 1
         time.sleep(0.5)
     print(f"timed out after {timeout:.0f}s waiting for {job_id}", file=sys.stderr)

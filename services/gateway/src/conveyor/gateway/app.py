@@ -17,9 +17,12 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, File, Form, Header, HTTPException, Query, Request, UploadFile
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from conveyor import metrics, tracing
 from conveyor.breakers import DependencyUnavailable
@@ -133,6 +136,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         status, problem = validation_problem(exc.errors())
         return JSONResponse(problem, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:
+            # Allow: every method of the path, not only the first route's (GET and DELETE
+            # /jobs/{id}); a path declared as it is (/jobs/redeliver) has its own methods only.
+            path = request.url.path
+            routes = [route for route in app.routes if isinstance(route, APIRoute) and route.path_regex.match(path)]
+            routes = [route for route in routes if route.path == path] or routes
+            exc.headers = {**(exc.headers or {}), "allow": ", ".join(sorted({m for r in routes for m in r.methods}))}
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(DependencyUnavailable)
     async def dependency_down(request: Request, exc: DependencyUnavailable) -> JSONResponse:
@@ -254,6 +268,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(409, refused)
         delivery = await redelivery.schedule(request.app.state.store, record)
         return _view(record.model_copy(update={"delivery": delivery}))
+
+    @app.delete("/jobs/{job_id}", response_model=JobView, status_code=202,
+                summary="Cancel a job: every stage skips it from now on", responses=problems(401, 404, 409, 429))
+    async def cancel(job_id: str, request: Request, principal: Annotated[Principal, Depends(caller)]) -> JobView:
+        store = request.app.state.store
+        record = await tenant_job(request, job_id, principal)
+        if record.state == JobState.completed:
+            raise HTTPException(409, f"job {job_id} is completed; there is nothing left to cancel")
+        first = record.state != JobState.cancelled
+        record = await store.cancel(job_id) or record
+        if record.state != JobState.cancelled:  # it completed meanwhile
+            raise HTTPException(409, f"job {job_id} is {record.state.value}; there is nothing left to cancel")
+        if first and record.callback_url:  # its callback hears `job.cancelled`, once
+            record = record.model_copy(update={"delivery": await redelivery.schedule(store, record)})
+        return _view(record)
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, str]:

@@ -10,7 +10,7 @@ from datetime import datetime
 from conveyor.events import utcnow
 from conveyor.stores.base import Delivery, DeliveryState, JobRecord, JobState, JobStore, delivery_host
 
-ENDED = (JobState.completed, JobState.failed)
+ENDED = (JobState.completed, JobState.failed, JobState.cancelled)
 MAX_BULK = 10_000  # jobs one bulk request schedules at most; its `next` continues after them
 PAGE = 500
 

@@ -163,10 +163,10 @@ class Deliveries:
             await self._give_up(record, error=str(exc), status=None, called=False)
             return True
         current = _current(record)
-        if record.state == JobState.failed:  # recorded, so that a redelivered notice is not sent twice
-            current = current or Delivery(state=DeliveryState.delivered, webhook_id=record.webhook_id())
-        else:  # the completion's claim; a failure notice leaves room for the completion after a replay
+        if record.state == JobState.completed:  # the completion's claim; other notices leave room for it
             await self._store.mark_notified(record.job_id)
+        else:  # recorded, so that a redelivered notice is not sent twice
+            current = current or Delivery(state=DeliveryState.delivered, webhook_id=record.webhook_id())
         if current is not None:
             await self._store.set_delivery(record.job_id, current.model_copy(update={
                 "state": DeliveryState.delivered, "attempts": current.attempts + 1, "next_attempt_at": None,

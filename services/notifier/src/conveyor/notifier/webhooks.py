@@ -48,7 +48,10 @@ class Unanswered(TransientError):
 
 
 def result_body(record: JobRecord) -> bytes:
-    """`job.completed` with the summary, or `job.failed` with the stage and the reason."""
+    """`job.completed` with the summary, `job.failed` with the stage and the reason, or `job.cancelled`."""
+    if record.state == JobState.cancelled:
+        return json.dumps({"type": "job.cancelled", "job_id": record.job_id, "user_id": record.user_id,
+                           "status": "cancelled", "meta": record.meta}).encode()
     if record.state == JobState.failed:
         stage = next((name for name, progress in record.stages.items() if progress.state == StageState.failed), None)
         return json.dumps({
