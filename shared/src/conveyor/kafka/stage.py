@@ -425,9 +425,9 @@ class StageWorker:
             log.warning("%s: job %s %s", stage, event.job_id, error)
             self._metrics.failed("WorkerDied")
             await self._dead_letter(record, job_id=event.job_id, error=error, attempts=claim.attempt)
-            await self.store.update_stage(event.job_id, stage, StageState.failed, attempts=claim.attempt,
-                                          error=f"WorkerDied: {error}")
-            await self._report_failure(event, f"WorkerDied: {error}")
+            reason = f"WorkerDied: {error}"
+            await self.store.update_stage(event.job_id, stage, StageState.failed, attempts=claim.attempt, error=reason)
+            await self._report_failure(event, reason)
             return None
         return claim.attempt
 
@@ -475,9 +475,9 @@ class StageWorker:
         if isinstance(exc, PermanentError) or attempt >= settings.max_attempts:
             log.warning("%s: job %s failed after %d attempt(s): %s", stage, event.job_id, attempt, exc)
             await self._dead_letter(record, job_id=event.job_id, error=exc, attempts=attempt)
-            await self.store.update_stage(event.job_id, stage, StageState.failed,
-                                          attempts=attempt, error=f"{type(exc).__name__}: {exc}")
-            await self._report_failure(event, f"{type(exc).__name__}: {exc}")
+            reason = f"{type(exc).__name__}: {exc}"
+            await self.store.update_stage(event.job_id, stage, StageState.failed, attempts=attempt, error=reason)
+            await self._report_failure(event, reason)
             return True
         delay = backoff_delay(attempt, base=settings.retry_base_seconds, cap=settings.retry_max_seconds)
         log.info("%s: job %s attempt %d failed (%s); retrying in %.2fs", stage, event.job_id, attempt, exc, delay)

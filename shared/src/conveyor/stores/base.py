@@ -103,6 +103,15 @@ class JobRecord(BaseModel):
             return f"{self.job_id}.{self.state.value}"
         return self.job_id
 
+    def outcome_delivery(self) -> Delivery | None:
+        """The delivery of this outcome's webhook, if any (not an earlier outcome's: the failure
+        notice of a job replayed since)."""
+        return self.delivery if self.delivery and self.delivery.webhook_id == self.webhook_id() else None
+
+    def final(self) -> bool:
+        """Completed or cancelled: nothing will run or re-drive this job again."""
+        return self.state in (JobState.completed, JobState.cancelled)
+
     def page_key(self) -> str:
         """Where this job stands in its tenant's list, newest first (a cursor for `list_jobs`)."""
         return f"{self.model_dump(mode='json', include={'created_at'})['created_at']}|{self.job_id}"

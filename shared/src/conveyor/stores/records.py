@@ -90,6 +90,6 @@ def with_blob(record: JobRecord, blob: BlobRef) -> JobRecord | None:
 
 def cancelled(record: JobRecord) -> JobRecord:
     """The record of a job its tenant withdrew; a completed (or cancelled) one stays as it is."""
-    if record.state in (JobState.completed, JobState.cancelled):
+    if record.final():
         return record
     return record.model_copy(update={"state": JobState.cancelled, "updated_at": utcnow()})

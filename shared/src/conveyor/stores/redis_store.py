@@ -18,10 +18,11 @@ An idempotency key is a string `<prefix>idempotency:<tenant>:<sha256 of the key>
 Each tenant's unfinished jobs are a sorted set `<prefix>active:<tenant>` (job id by last update),
 for the active-job quota; with `ttl_seconds`, members older than that are dropped as their
 records expire. Every job is in its tenant's sorted set `<prefix>jobs:<tenant>` (by creation
-time), for listing; members whose record expired are dropped as a listing meets them. An unfinished job's first event is a string `<prefix>submission:<job_id>`,
-deleted when the job finishes, to re-drive it if the events in flight are lost. Copies of dead
-letters are a list `<prefix>dead-letters` of `<stage> <letter>` entries, with a set
-`<prefix>dead-letters:<job_id>` of each job's entries, removed when the job completes.
+time), for listing; members whose record expired are dropped as a listing meets them. An
+unfinished job's first event is a string `<prefix>submission:<job_id>`, deleted when the job
+finishes, to re-drive it if the events in flight are lost. Copies of dead letters are a list
+`<prefix>dead-letters` of `<stage> <letter>` entries, with a set `<prefix>dead-letters:<job_id>`
+of each job's entries, removed when the job completes or is cancelled.
 
 The webhook retry schedule is a sorted set `<prefix>deliveries` (job id by due time) and one per
 host, `<prefix>deliveries:<host>`; claims run as Lua scripts, so they are atomic.
@@ -312,8 +313,7 @@ class RedisJobStore(JobStore):
                     elif current.finished() or self.ttl_seconds:  # revived, or its expiry moved
                         pipe.zadd(self._active(updated.tenant), {job_id: time.time()})
                     await pipe.execute()
-                    over = (JobState.completed, JobState.cancelled)
-                    if updated.state in over and current.state not in over:
+                    if updated.final() and not current.final():
                         await self._forget_dead_letters(job_id)  # nothing can re-drive it any more
                     return True
                 except WatchError:

@@ -94,9 +94,7 @@ def _track_active(db: sqlite3.Connection, changes: list[tuple[JobRecord | None, 
     if ended:
         db.executemany("DELETE FROM active_jobs WHERE job_id = ?", ended)
         db.executemany("DELETE FROM submissions WHERE job_id = ?", ended)
-    over = (JobState.completed, JobState.cancelled)
-    done_with = [(after.job_id,) for before, after in changes
-                 if after.state in over and (before is None or before.state not in over)]
+    done_with = [(after.job_id,) for before, after in changes if after.final() and not (before and before.final())]
     if done_with:  # nothing can re-drive these any more
         db.executemany("DELETE FROM dead_letters WHERE job_id = ?", done_with)
     if revived:

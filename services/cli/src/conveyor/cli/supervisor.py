@@ -147,13 +147,14 @@ class Supervisor:
         if not env.get("CONVEYOR_WEBHOOK_SECRET"):
             env["CONVEYOR_WEBHOOK_SECRET"], webhook_key = local_webhook_secret(home)
         _, api_key = local_api_key(home, self.settings.resolved_api_keys_file())
+        recovery: Settings | None = None  # how to reach the broker and the job store, to restore them
         if self.embedded:
             broker = EmbeddedBroker(self._broker_port(), log_path=log_dir / "broker.log").start()
             env["CONVEYOR_BOOTSTRAP_SERVERS"] = broker.bootstrap
+            recovery = self.settings.model_copy(update={"bootstrap_servers": broker.bootstrap, "home": home})
             # It starts empty: what the job store holds from earlier runs goes back on it.
             try:
-                jobs, letters = asyncio.run(restore(self.settings.model_copy(
-                    update={"bootstrap_servers": broker.bootstrap, "home": home})))
+                jobs, letters = asyncio.run(restore(recovery))
             except Exception as exc:  # noqa: BLE001 - the pipeline still runs; say what was not restored
                 print(f"conveyor up: could not put the job store's unfinished jobs and dead letters back "
                       f"({type(exc).__name__}: {exc})", file=sys.stderr, flush=True)
@@ -175,9 +176,8 @@ class Supervisor:
             up_file = running.record(home, bootstrap_servers=bootstrap, gateway_url=url, metrics={
                 child.name: f"http://127.0.0.1:{child.env['CONVEYOR_METRICS_PORT']}/metrics" for child in children})
             self._print_banner(bootstrap, broker is not None, children, log_dir, home, webhook_key, api_key)
-            recovery = self.settings.model_copy(update={"bootstrap_servers": bootstrap, "home": home})
             while not self.stopping:
-                if broker:
+                if broker and recovery:
                     self._keep_broker_up(broker, recovery, workers=children[1:])
                 self._restart_dead(children)
                 time.sleep(0.5)

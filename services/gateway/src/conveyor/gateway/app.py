@@ -274,11 +274,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def cancel(job_id: str, request: Request, principal: Annotated[Principal, Depends(caller)]) -> JobView:
         store = request.app.state.store
         record = await tenant_job(request, job_id, principal)
-        if record.state == JobState.completed:
-            raise HTTPException(409, f"job {job_id} is completed; there is nothing left to cancel")
         first = record.state != JobState.cancelled
         record = await store.cancel(job_id) or record
-        if record.state != JobState.cancelled:  # it completed meanwhile
+        if record.state != JobState.cancelled:  # completed (perhaps just now): nothing left to cancel
             raise HTTPException(409, f"job {job_id} is {record.state.value}; there is nothing left to cancel")
         if first and record.callback_url:  # its callback hears `job.cancelled`, once
             record = record.model_copy(update={"delivery": await redelivery.schedule(store, record)})

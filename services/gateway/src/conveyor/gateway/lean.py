@@ -3,7 +3,6 @@ middleware stack and router, wrapped in the same middlewares the app has (see su
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -12,8 +11,6 @@ from fastapi.routing import APIRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from conveyor.gateway.answers import send_json
-
-log = logging.getLogger(__name__)
 
 # (middleware class, its keyword arguments), outermost first.
 Middleware = tuple[Callable[..., ASGIApp], dict[str, Any]]

@@ -25,7 +25,7 @@ def refusal(record: JobRecord) -> str | None:
 
 
 async def schedule(store: JobStore, record: JobRecord) -> Delivery:
-    previous = record.delivery if record.delivery and record.delivery.webhook_id == record.webhook_id() else None
+    previous = record.outcome_delivery()
     # Slot -1: the schedule starts over after this attempt.
     delivery = Delivery(state=DeliveryState.waiting, webhook_id=record.webhook_id(), slot=-1,
                         attempts=previous.attempts if previous else 0, next_attempt_at=utcnow(),

@@ -162,7 +162,7 @@ class Deliveries:
         except PermanentError as exc:  # the URL itself is not allowed
             await self._give_up(record, error=str(exc), status=None, called=False)
             return True
-        current = _current(record)
+        current = record.outcome_delivery()
         if record.state == JobState.completed:  # the completion's claim; other notices leave room for it
             await self._store.mark_notified(record.job_id)
         else:  # recorded, so that a redelivered notice is not sent twice
@@ -178,7 +178,8 @@ class Deliveries:
     async def _retry_later(self, record: JobRecord, host: str, *, called: bool, error: str,
                            status: int | None = None) -> None:
         """The next slot of the schedule, or failed when none is left."""
-        current = _current(record) or Delivery(state=DeliveryState.waiting, webhook_id=record.webhook_id(), slot=-1)
+        current = record.outcome_delivery() or Delivery(state=DeliveryState.waiting, webhook_id=record.webhook_id(),
+                                                        slot=-1)
         slot = current.slot + 1
         attempts = current.attempts + (1 if called else 0)
         if slot >= len(self._schedule):
@@ -197,7 +198,7 @@ class Deliveries:
         log.debug("webhook for job %s waits for %s (retry %d in %gs)", record.job_id, host, slot + 1, self._schedule[slot])
 
     async def _give_up(self, record: JobRecord, *, error: str, status: int | None, called: bool) -> None:
-        current = _current(record) or Delivery(state=DeliveryState.failed, webhook_id=record.webhook_id())
+        current = record.outcome_delivery() or Delivery(state=DeliveryState.failed, webhook_id=record.webhook_id())
         await self._store.set_delivery(record.job_id, current.model_copy(update={
             "state": DeliveryState.failed, "attempts": current.attempts + (1 if called else 0), "last_status": status,
             "last_error": error[:500], "next_attempt_at": None, "updated_at": _now()}))
@@ -209,11 +210,6 @@ class Deliveries:
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks)
-
-
-def _current(record: JobRecord) -> Delivery | None:
-    """The record's delivery, when it is this outcome's (not a failure notice's before a replay)."""
-    return record.delivery if record.delivery and record.delivery.webhook_id == record.webhook_id() else None
 
 
 def _now() -> datetime:

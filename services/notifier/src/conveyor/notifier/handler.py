@@ -39,7 +39,7 @@ def build_stage(settings: Settings, store: JobStore, blobs: BlobStore, resources
         record = await store.get(event.job_id)
         if event.failure is not None:  # the job failed in a stage: its callback hears `job.failed`
             if record is not None and record.state == JobState.failed and event.callback_url \
-                    and not (record.delivery and record.delivery.webhook_id == record.webhook_id()):
+                    and not record.outcome_delivery():
                 await deliveries.first_attempt(record, event.callback_url)
             return None
         first_completion = record is None or record.summary is None
