@@ -18,7 +18,8 @@ SENTENCES = ("The archive holds letters from the harbour. Sailors wrote them dur
 
 
 def test_25_mb_upload_completes_with_bounded_gateway_memory(broker: str, tmp_path) -> None:
-    pipeline = Pipeline(broker, tmp_path, extra_env={"CONVEYOR_SUMMARY_SENTENCES": "2"})
+    pipeline = Pipeline(broker, tmp_path, extra_env={"CONVEYOR_SUMMARY_SENTENCES": "2",
+                                                          "CONVEYOR_SUMMARY_MIN_SENTENCES": "2"})
     pipeline.start_all()
     try:
         document = large_pdf_bytes(SENTENCES, megabytes=25)

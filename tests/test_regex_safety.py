@@ -15,7 +15,9 @@ import sys
 import pytest
 
 # Modules whose module-level patterns see documents, headers or URLs from outside.
-UNTRUSTED = ["conveyor.extractor.extract", "conveyor.gateway.app", "conveyor.gateway.models",
+UNTRUSTED = ["conveyor.extractor.extract", "conveyor.extractor.blocks", "conveyor.extractor.markup",
+             "conveyor.extractor.pdf", "conveyor.summarizer.prose",
+             "conveyor.summarizer.backends.chunks", "conveyor.gateway.app", "conveyor.gateway.models",
              "conveyor.notifier.webhooks", "conveyor.payloads", "conveyor.events"]
 SIZE = 100_000
 LIMIT_SECONDS = 1.0

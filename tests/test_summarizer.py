@@ -15,7 +15,8 @@ import pytest
 from prometheus_client import REGISTRY
 from sumy.nlp.tokenizers import Tokenizer
 
-from conveyor.errors import TransientError
+from conveyor.document import Block, Document
+from conveyor.errors import PermanentError, TransientError
 from conveyor.settings import Settings
 from conveyor.summarizer.backends import SummarizerBackend, make_backend
 from conveyor.summarizer.backends.openai_backend import OpenAIBackend
@@ -31,7 +32,7 @@ OFF_TOPIC = [
     "Medieval poetry often praised chivalrous knights.",
     "Violin makers favour aged spruce tonewood.",
     "Espresso tastes bitter when grinders overheat.",
-    "Chess grandmasters memorise countless openings.",
+    "Chess grandmasters memorise countless classic openings.",
 ]
 
 
@@ -88,7 +89,7 @@ async def test_textrank_returns_n_verbatim_sentences_of_the_input(textrank: Text
     text, sentences = article(60)
     before = latency_count("ok")
 
-    summary = await textrank.summarize(text, sentences=3)
+    summary = await textrank.summarize(Document.from_text(text), sentences=3)
 
     assert summary.backend == "textrank"
     assert len(summary.sentences) == 3
@@ -105,7 +106,7 @@ async def test_textrank_chunks_texts_longer_than_the_cap(backends) -> None:
     text, sentences = article(60)
     backend = backends(textrank_processes=2, textrank_max_sentences=10)
 
-    summary = await backend.summarize(text, sentences=4)
+    summary = await backend.summarize(Document.from_text(text), sentences=4)
 
     # 60 sentences, chunks of 10 keeping 4 each -> 24 candidates -> 12 -> 6: three rounds.
     assert summary.meta == {"input_sentences": 60, "chunk_rounds": 3}
@@ -120,7 +121,7 @@ async def test_textrank_long_text_is_chunked_and_stays_verbatim(textrank: TextRa
     text = "\n\n".join(" ".join(sentences[i : i + 7]) for i in range(0, len(sentences), 7))
 
     started = time.perf_counter()
-    summary = await textrank.summarize(text, sentences=5)  # default cap: 400 sentences
+    summary = await textrank.summarize(Document.from_text(text), sentences=5)  # default cap: 400 sentences
     elapsed = time.perf_counter() - started
 
     assert summary.meta["input_sentences"] == 2_100
@@ -131,12 +132,12 @@ async def test_textrank_long_text_is_chunked_and_stays_verbatim(textrank: TextRa
     assert elapsed < 60
 
 
-async def test_textrank_short_text_is_returned_as_is(textrank: TextRankBackend) -> None:
-    text = "Only two sentences here. The second one ends the text."
+async def test_textrank_text_shorter_than_the_fewest_sentences_is_returned_as_is(backends) -> None:
+    text = "Only two sentences of prose are here. The second one of them ends the text."
 
-    summary = await textrank.summarize(text, sentences=3)
+    summary = await backends(summary_min_sentences=3).summarize(Document.from_text(text), sentences=5)
 
-    assert summary.sentences == ["Only two sentences here.", "The second one ends the text."]
+    assert summary.sentences == ["Only two sentences of prose are here.", "The second one of them ends the text."]
     assert summary.text == text
 
 
@@ -192,7 +193,7 @@ async def test_textrank_workers_run_with_empty_nltk_data(offline: Path, backends
     text, sentences = article(40)
     backend = backends(textrank_processes=1)
 
-    summary = await backend.summarize(text, sentences=2)
+    summary = await backend.summarize(Document.from_text(text), sentences=2)
 
     assert len(summary.sentences) == 2
     assert all(sentence in sentences for sentence in summary.sentences)
@@ -202,7 +203,7 @@ async def test_textrank_workers_run_with_empty_nltk_data(offline: Path, backends
 async def test_close_stops_the_worker_processes(backends) -> None:
     before = {child.pid for child in psutil.Process().children()}
     backend = backends(textrank_processes=2)
-    await backend.summarize(article(20)[0], sentences=2)
+    await backend.summarize(Document.from_text(article(20)[0]), sentences=2)
     # This pool's workers: not other pools', nor multiprocessing's long-lived resource tracker.
     workers = [
         child for child in psutil.Process().children()
@@ -220,15 +221,15 @@ async def test_dead_worker_is_transient_and_the_pool_is_rebuilt(backends) -> Non
     before = {child.pid for child in psutil.Process().children()}
     backend = backends(textrank_processes=1)
     text, sentences = article(20)
-    await backend.summarize(text, sentences=2)
+    await backend.summarize(Document.from_text(text), sentences=2)
     for child in psutil.Process().children():
         if child.pid not in before and "spawn_main" in " ".join(child.cmdline()):
             child.kill()
 
     with pytest.raises(TransientError, match="worker process died"):
-        await backend.summarize(text, sentences=2)
+        await backend.summarize(Document.from_text(text), sentences=2)
 
-    summary = await backend.summarize(text, sentences=2)
+    summary = await backend.summarize(Document.from_text(text), sentences=2)
     assert all(sentence in sentences for sentence in summary.sentences)
 
 
@@ -237,7 +238,7 @@ async def test_closed_backend_refuses_work(backends) -> None:
     await backend.close()
 
     with pytest.raises(TransientError, match="shutting down"):
-        await backend.summarize(article(20)[0], sentences=2)
+        await backend.summarize(Document.from_text(article(20)[0]), sentences=2)
 
 
 async def test_make_backend_picks_by_setting() -> None:
@@ -253,11 +254,13 @@ async def test_make_backend_picks_by_setting() -> None:
 
 KILLED_OWNER = """
 import asyncio, os, sys
+from conveyor.document import Document
 from conveyor.settings import Settings
 from conveyor.summarizer.backends.textrank import TextRankBackend
 async def main():
     backend = TextRankBackend(Settings(textrank_processes=2))
-    await backend.summarize("One sentence here. Another sentence there. A third one follows. And a fourth.", sentences=2)
+    text = "The first sentence is here and long enough. Another sentence is there for the ranking. A third one follows it closely."
+    await backend.summarize(Document.from_text(text), sentences=2)
     print("ready", flush=True)
     await asyncio.sleep(3600)
 if __name__ == "__main__":
@@ -283,3 +286,38 @@ def test_pool_processes_die_with_a_sigkilled_worker(tmp_path: Path) -> None:
         owner.wait()
     _, alive = psutil.wait_procs(pool, timeout=10)
     assert not alive, "pool processes outlived their worker"
+
+
+async def test_textrank_summary_length_follows_the_prose_within_the_range(textrank: TextRankBackend) -> None:
+    # One summary sentence per ten prose sentences, at most the `sentences` asked for.
+    for prose, expected in ((9, 1), (25, 3), (200, 5)):
+        text = " ".join(river_sentences(prose, seed=prose))
+        summary = await textrank.summarize(Document.from_text(text), sentences=5)
+        assert len(summary.sentences) == expected, prose
+
+
+async def test_textrank_ranks_only_prose_blocks_and_sentences(textrank: TextRankBackend) -> None:
+    sentences = river_sentences(30)
+    document = Document.of([
+        Block("heading", "The river and its sediment over the decades"),
+        Block("prose", " ".join(sentences[:15])),
+        Block("code", ">>> river.carries('fine silt near the coast') == True"),
+        Block("list_item", "The river carries fine silt near the coast, according to every survey."),
+        Block("prose", " ".join(sentences[15:]) + " See the table below:"),
+        Block("table", "River | Silt | Survey"),
+    ])
+
+    summary = await textrank.summarize(document, sentences=5)
+
+    assert summary.meta["input_sentences"] == 30
+    assert summary.sentences and all(sentence in sentences for sentence in summary.sentences)
+
+
+@pytest.mark.parametrize("text", [
+    "\U0001F600" * 10_000,  # emoji only
+    "word " * 380_000,  # 1.9 MB without a sentence end
+    "Install\n\nUsage\n\nLicense",  # headings only
+])
+async def test_textrank_text_without_prose_fails_with_its_reason(textrank: TextRankBackend, text: str) -> None:
+    with pytest.raises(PermanentError, match="no prose to summarize"):
+        await textrank.summarize(Document.from_text(text), sentences=3)

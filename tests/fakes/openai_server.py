@@ -1,10 +1,11 @@
 """A real OpenAI-compatible HTTP server on 127.0.0.1 for tests, with scriptable faults.
 
 `POST /v1/chat/completions` answers with the first N sentences of the user message (N read from
-the "exactly N sentence(s)" instruction) plus `usage`. Queue replies with `script()` to make the
-next requests fail (429 with Retry-After, 5xx, 400, slow or empty answers); once the queue is empty
-every request succeeds, or is answered by `fallback` when one is set (a policy such as a random
-storm of 429s). Every request received is recorded in `requests`, every answer in `answers`.
+the "exactly N sentence(s)" instruction) plus `usage` (a token a word). Queue replies with
+`script()` to make the next requests fail (429 with Retry-After, 5xx, 400, slow or empty answers);
+once the queue is empty every request succeeds, or is answered by `fallback` when one is set (a
+policy such as a random storm of 429s). Every request received is recorded in `requests`, every
+answer in `answers`, the `usage` of each summary in `usages`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Reply:
     delay: float = 0.0
     retry_after: float | None = None
     content: str | None = None  # None: a summary built from the request
+    usage: bool = True  # False: the answer has no `usage`, as some servers send
 
     @classmethod
     def ok(cls) -> Reply:
@@ -74,6 +76,7 @@ class FakeOpenAI:
         self._lock = threading.Lock()
         self.requests: list[Received] = []
         self.answers: list[tuple[Received, int]] = []
+        self.usages: list[dict[str, int]] = []  # the `usage` of each answer that had one
         self.fallback: Callable[[Received], Reply] | None = None
         self.in_flight = 0  # requests being answered now, this one included while `fallback` decides
         self.disconnects: list[float] = []  # time.monotonic() of each client that closed a slow request
@@ -124,7 +127,13 @@ class FakeOpenAI:
                 headers = {} if reply.retry_after is None else {"retry-after": str(reply.retry_after)}
                 error = {"message": f"scripted HTTP {reply.status}", "type": "test_error", "code": None}
                 return JSONResponse({"error": error}, status_code=reply.status, headers=headers)
-            return JSONResponse(_completion(body, reply.content))
+            completion = _completion(body, reply.content)
+            if reply.usage:
+                with self._lock:
+                    self.usages.append(completion["usage"])
+            else:
+                del completion["usage"]
+            return JSONResponse(completion)
 
         return app
 

@@ -15,9 +15,10 @@ async def payload_bytes(payload: Payload, blobs: BlobStore) -> bytes:
     return await blobs.get(payload.blob)
 
 
-async def text_payload(text: str, blobs: BlobStore, *, claim_check_bytes: int) -> Payload:
+async def text_payload(text: str, blobs: BlobStore, *, claim_check_bytes: int,
+                       content_type: str = "text/plain; charset=utf-8") -> Payload:
     """Inline text, or a blob reference once it reaches the claim-check size."""
     data = text.encode("utf-8")
     if len(data) >= claim_check_bytes:
-        return Payload(blob=await blobs.put(data), content_type="text/plain; charset=utf-8")
-    return Payload(text=text, content_type="text/plain; charset=utf-8")
+        return Payload(blob=await blobs.put(data), content_type=content_type)
+    return Payload(text=text, content_type=content_type)

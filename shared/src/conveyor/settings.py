@@ -123,7 +123,8 @@ class Settings(BaseSettings):
 
     # --- Summarizer --------------------------------------------------------------------------
     summarizer_backend: Literal["textrank", "openai"] = Field("textrank", description="textrank (offline, default) or openai (any OpenAI-compatible API).")
-    summary_sentences: int = Field(3, ge=1, le=50, description="Sentences per summary.")
+    summary_sentences: int = Field(5, ge=1, le=50, description="Most sentences per summary; TextRank gives one per 10 prose sentences of the document, within the range.")
+    summary_min_sentences: int = Field(1, ge=1, le=50, description="Fewest sentences per TextRank summary (when the document has that many).")
     max_summary_chars: int = Field(
         10_000, ge=100, description="Longest summary kept; a longer one (a text without sentence ends) is cut at a word."
     )
@@ -144,7 +145,12 @@ class Settings(BaseSettings):
     openai_tokens_per_minute: float | None = Field(
         None, gt=0, description="Tokens-per-minute budget per endpoint and process (prompt estimated at 4 characters a token); empty = none."
     )
-    openai_max_input_chars: int = Field(24_000, ge=1000, description="Longer texts are truncated before the LLM call.")
+    openai_max_input_chars: int = Field(
+        24_000, ge=1000, description="Largest text sent in one LLM call; a longer document is summarized in chunks of this size, then their summaries are summarized (map-reduce)."
+    )
+    openai_map_concurrency: int = Field(
+        4, ge=1, description="Most chunk calls of one long document in flight at once (the endpoint's CONVEYOR_OPENAI_MAX_CONCURRENCY still applies)."
+    )
 
     # --- Notifier ----------------------------------------------------------------------------
     webhook_secret: SecretStr | None = Field(

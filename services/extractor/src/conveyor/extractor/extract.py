@@ -1,8 +1,9 @@
-"""Document bytes -> clean text: HTML, PDF, DOCX and plain text in any common charset.
+"""Document bytes -> labelled blocks: HTML, PDF, DOCX, Markdown, reStructuredText and plain text
+in any common charset.
 
-Pure, synchronous and CPU-bound: callers run `extract_text` in a thread. Every input that cannot
-give text (unsupported or corrupt files, scanned PDFs, empty documents) raises `PermanentError`,
-because retrying the same bytes cannot succeed.
+Pure, synchronous and CPU-bound: callers run `extract_text` in an isolated process. Every input
+that cannot give text (unsupported or corrupt files, scanned PDFs, empty documents) raises
+`PermanentError`, because retrying the same bytes cannot succeed.
 """
 
 from __future__ import annotations
@@ -19,50 +20,74 @@ from typing import Any, Literal
 
 import charset_normalizer
 import docx
-import lxml.html
 import pypdf
-import trafilatura
 from docx.table import Table
 from docx.text.paragraph import Paragraph
 
+from conveyor.document import Block, BlockKind, Document
 from conveyor.errors import PermanentError
+from conveyor.extractor.blocks import paragraph_kind, text_blocks
+from conveyor.extractor.html import html_blocks
+from conveyor.extractor.markup import markdown_blocks, rst_blocks
+from conveyor.extractor.pdf import pdf_blocks
 
-Kind = Literal["html", "pdf", "docx", "text"]
+Kind = Literal["html", "pdf", "docx", "markdown", "rst", "text"]
 
 
 @dataclass(frozen=True)
 class Extracted:
-    """Text of one document, the format it was read as, and facts about it (pages, charset...)."""
+    """One document's blocks, the format it was read as, and facts about it (pages, charset...)."""
 
-    text: str
+    document: Document
     kind: Kind
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        return self.document.text
 
 
 def extract_text(data: bytes, *, content_type: str | None = None, filename: str | None = None) -> Extracted:
     """Detect the document's format and return its normalised text; raise PermanentError if none."""
     if not data:
         raise PermanentError("empty document: no bytes to extract text from")
-    # The bytes outrank the declared type: uploads often arrive as application/octet-stream or
-    # with a wrong extension, while magic numbers and markup do not lie.
-    kind = _sniff(data) or _declared_kind(content_type, filename)
+    # Magic numbers outrank the declared type (uploads often arrive as application/octet-stream or
+    # with a wrong extension); a declared markup format outranks guessing from the text; HTML is
+    # recognised by its markup when nothing more specific was declared.
+    kind = _sniff_magic(data) or _declared_kind(content_type, filename) or _sniff_html(data) or "text"
+    charset = _charset_param(content_type)
     if kind == "pdf":
-        text, meta = _pdf(data)
+        blocks, meta = _pdf(data)
     elif kind == "docx":
-        text, meta = _docx(data)
+        blocks, meta = _docx(data)
     elif kind == "html":
-        text, meta = _html(data, _charset_param(content_type))
+        blocks, meta = _html(data, charset)
     else:
-        text, meta = _plain(data, _charset_param(content_type), content_type)
-    text = normalize_whitespace(text)
-    if not text:
+        text, meta = _plain(data, charset, content_type)
+        reader = {"markdown": markdown_blocks, "rst": rst_blocks}.get(kind, text_blocks)
+        blocks = reader(normalize_whitespace(text, keep_indent=True))
+    document = Document.of(_normalized(blocks))
+    if not document.blocks:
         raise PermanentError(f"{_LABELS[kind]} document contains no text")
-    return Extracted(text=text, kind=kind, meta={**meta, "chars": len(text)})
+    return Extracted(document=document, kind=kind,
+                     meta={**meta, "chars": len(document.text), "blocks": document.counts()})
+
+
+def _normalized(blocks: Iterable[Block]) -> Iterator[Block]:
+    """Blocks with white space collapsed; code and tables keep their lines."""
+    for block in blocks:
+        if block.kind in ("code", "table"):
+            text = normalize_whitespace(block.text, keep_indent=block.kind == "code")
+        else:
+            text = " ".join(normalize_whitespace(block.text).split())
+        if text:
+            yield Block(block.kind, text)
 
 
 # --- Detection -------------------------------------------------------------------------------
 
-_LABELS = {"html": "HTML", "pdf": "PDF", "docx": "DOCX", "text": "text"}
+_LABELS = {"html": "HTML", "pdf": "PDF", "docx": "DOCX", "markdown": "Markdown", "rst": "reStructuredText",
+           "text": "text"}
 
 # Formats we cannot read, recognised so that the error names them instead of "not text".
 _UNSUPPORTED_MAGIC: tuple[tuple[bytes, str], ...] = (
@@ -103,10 +128,11 @@ _HTML_FRAGMENT = re.compile(rb"<(p|div|article|section|main|h[1-6]|table|ul|ol|s
 _SNIFF_BYTES = 4096
 
 
-def _sniff(data: bytes) -> Kind | None:
-    """The format the bytes themselves prove, or None when only text decoding can tell."""
-    # The PDF spec lets readers accept junk before the header, so look a little way in.
-    if b"%PDF-" in data[:1024]:
+def _sniff_magic(data: bytes) -> Kind | None:
+    """The format the bytes' magic number proves, where the format puts it; None for text."""
+    # Only at the start: text that quotes "%PDF-" is still text. A PDF with junk before its
+    # header (which readers tolerate) is read as one when it is declared as one.
+    if data.startswith(b"%PDF-"):
         return "pdf"
     if data.startswith(b"PK\x03\x04"):
         return _sniff_zip(data)
@@ -120,6 +146,10 @@ def _sniff(data: bytes) -> Kind | None:
         raise PermanentError(f"unsupported document type: RIFF {data[8:12].decode().strip()} media")
     if data[4:8] == b"ftyp":
         raise PermanentError("unsupported document type: MP4/QuickTime/HEIC media")
+    return None
+
+
+def _sniff_html(data: bytes) -> Kind | None:
     head = _ascii_view(data[:_SNIFF_BYTES])
     if _HTML_MARKERS.search(head) or _HTML_FRAGMENT.match(head, _skip_comments(head)):
         return "html"
@@ -171,19 +201,28 @@ _DECLARED_KINDS: dict[str, Kind] = {
     "application/vnd.openxmlformats-officedocument.wordprocessingml.document": "docx",
     "text/html": "html",
     "application/xhtml+xml": "html",
+    "text/markdown": "markdown",
+    "text/x-markdown": "markdown",
+    "text/x-rst": "rst",
+    "text/prs.fallenstein.rst": "rst",
 }
 _EXTENSION_KINDS: dict[str, Kind] = {
     ".pdf": "pdf", ".docx": "docx", ".html": "html", ".htm": "html", ".xhtml": "html",
+    ".md": "markdown", ".markdown": "markdown", ".rst": "rst",
 }
+# Declarations that say only "some text" or "some bytes": the content decides.
+_GENERIC_TYPES = frozenset({"", "text/plain", "application/octet-stream", "binary/octet-stream"})
 
 
-def _declared_kind(content_type: str | None, filename: str | None) -> Kind:
-    """The kind the sender declared; anything else is tried as text."""
+def _declared_kind(content_type: str | None, filename: str | None) -> Kind | None:
+    """The specific kind the sender declared, by type or else by file name; None if neither says."""
     mime = (content_type or "").split(";", 1)[0].strip().lower()
     if mime in _DECLARED_KINDS:
         return _DECLARED_KINDS[mime]
     suffix = PurePosixPath((filename or "").replace("\\", "/")).suffix.lower()
-    return _EXTENSION_KINDS.get(suffix, "text")
+    if suffix in _EXTENSION_KINDS and mime in _GENERIC_TYPES:
+        return _EXTENSION_KINDS[suffix]
+    return None
 
 
 _CONTENT_TYPE_CHARSET = re.compile(r"charset\s*=\s*\"?([\w.:-]{1,64})", re.I)
@@ -196,7 +235,7 @@ def _charset_param(content_type: str | None) -> str | None:
 
 # --- PDF ---------------------------------------------------------------------------------------
 
-def _pdf(data: bytes) -> tuple[str, dict[str, Any]]:
+def _pdf(data: bytes) -> tuple[list[Block], dict[str, Any]]:
     try:
         reader = pypdf.PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):
@@ -210,30 +249,40 @@ def _pdf(data: bytes) -> tuple[str, dict[str, Any]]:
         raise PermanentError(
             f"PDF has no text layer ({len(pages)} page(s)); it looks scanned, and OCR is not supported"
         )
-    # Lines inside a page are layout wraps, so they stay single newlines; pages are paragraphs.
-    text = "\n\n".join(page.strip() for page in pages if page.strip())
-    return text, {"pages": len(pages), "pages_with_text": sum(1 for page in pages if page.strip())}
+    blocks = pdf_blocks([normalize_whitespace(page) for page in pages])
+    return blocks, {"pages": len(pages), "pages_with_text": sum(1 for page in pages if page.strip())}
 
 
 # --- DOCX --------------------------------------------------------------------------------------
 
-def _docx(data: bytes) -> tuple[str, dict[str, Any]]:
+def _docx(data: bytes) -> tuple[list[Block], dict[str, Any]]:
     try:
         document = docx.Document(io.BytesIO(data))
         blocks = list(_docx_blocks(document.iter_inner_content()))
     except Exception as exc:  # python-docx/lxml raise many types on damaged parts
         raise PermanentError(f"corrupt or unreadable DOCX document: {exc}") from exc
-    return "\n\n".join(blocks), {"paragraphs": len(blocks), "tables": len(document.tables)}
+    return blocks, {"paragraphs": len(blocks), "tables": len(document.tables)}
 
 
-def _docx_blocks(content: Iterable[Any]) -> Iterator[str]:
-    """Paragraph texts and table rows (cells joined by " | "), in document order."""
+def _docx_blocks(content: Iterable[Any]) -> Iterator[Block]:
+    """Paragraphs labelled by their style, and table rows (cells joined by " | "), in order."""
     for item in content:
         if isinstance(item, Paragraph):
             if item.text.strip():
-                yield item.text
+                yield Block(_docx_kind(item), item.text)
         elif isinstance(item, Table):
-            yield from _docx_table_rows(item)
+            for row in _docx_table_rows(item):
+                yield Block("table", row)
+
+
+def _docx_kind(paragraph: Paragraph) -> BlockKind:
+    style = (paragraph.style.name if paragraph.style is not None else "") or ""
+    if style.startswith(("Heading", "Title", "Subtitle")):
+        return "heading"
+    numbered = paragraph._p.pPr is not None and paragraph._p.pPr.numPr is not None
+    if style.startswith("List") or numbered:
+        return "list_item"
+    return paragraph_kind(" ".join(paragraph.text.split()))
 
 
 def _docx_table_rows(table: Table) -> Iterator[str]:
@@ -244,9 +293,9 @@ def _docx_table_rows(table: Table) -> Iterator[str]:
             if previous is not None and cell._tc is previous._tc:
                 continue
             previous = cell
-            text = "\n".join(_docx_blocks(cell.iter_inner_content())).strip()
+            text = " ".join(block.text for block in _docx_blocks(cell.iter_inner_content())).strip()
             if text:
-                cells.append(text.replace("\n", " "))
+                cells.append(" ".join(text.split()))
         if cells:
             yield " | ".join(cells)
 
@@ -255,57 +304,32 @@ def _docx_table_rows(table: Table) -> Iterator[str]:
 
 _META_CHARSET = re.compile(rb"<meta[^>]{1,512}?charset\s*=\s*[\"']?\s*([\w.:-]{1,64})", re.I)
 _XML_DECLARATION = re.compile(r"^\s*<\?xml[^>]*\?>")
-_NON_CONTENT_TAGS = ("script", "style", "noscript", "template", "head", "svg", "iframe")
-_BLOCK_TAGS = (
-    "p", "div", "section", "article", "main", "header", "footer", "aside", "nav", "li", "dt", "dd",
-    "tr", "table", "ul", "ol", "dl", "blockquote", "pre", "h1", "h2", "h3", "h4", "h5", "h6",
-    "title", "figcaption",
-)
 # WHATWG decoders treat these labels as windows-1252, its superset; pages rely on that.
 _LATIN1_LABELS = frozenset({"iso-8859-1", "iso8859-1", "latin-1", "latin1", "l1", "us-ascii", "ascii"})
 
 
-def _html(data: bytes, declared_charset: str | None) -> tuple[str, dict[str, Any]]:
+def _html(data: bytes, declared_charset: str | None) -> tuple[list[Block], dict[str, Any]]:
     # Same precedence as browsers: byte order mark, then the HTTP charset, then <meta charset>.
     meta_charset = _META_CHARSET.search(data[:_SNIFF_BYTES])
     hint = declared_charset or (meta_charset.group(1).decode("ascii", "ignore") if meta_charset else None)
     markup, charset = _decode(data, hint, failure="HTML document does not decode as text in any known charset")
     # lxml rejects str input that carries an encoding declaration; the text is decoded already.
     markup = _XML_DECLARATION.sub("", markup, count=1)
-    # No `deduplicate`: trafilatura keeps that cache across calls, so a long-lived worker would
-    # drop paragraphs it saw in earlier documents.
-    extracted = trafilatura.extract(markup, include_comments=False, favor_precision=True, include_tables=True)
-    method = "trafilatura"
-    if not extracted or not extracted.strip():
-        # trafilatura finds no "main text" in fragments and very short pages; keep all visible text.
-        extracted, method = _html_visible_text(markup), "lxml"
-    else:
-        # trafilatura puts one block element per line; make each a paragraph.
-        extracted = re.sub(r"\n+", "\n\n", extracted)
-    return extracted, {"charset": charset, "html_extractor": method}
-
-
-def _html_visible_text(markup: str) -> str:
-    try:
-        root = lxml.html.fromstring(markup)
-    except Exception as exc:  # lxml.etree.ParserError on markup with no elements at all
-        raise PermanentError(f"unreadable HTML document: {exc}") from exc
-    for element in list(root.iter(*_NON_CONTENT_TAGS)):
-        if element.getparent() is not None:
-            element.drop_tree()
-    # text_content() glues adjacent blocks ("<p>a</p><p>b</p>" -> "ab"); separate them first.
-    for element in root.iter(*_BLOCK_TAGS):
-        element.tail = "\n\n" + (element.tail or "")
-    for element in root.iter("br"):
-        element.tail = "\n" + (element.tail or "")
-    return root.text_content()
+    blocks, method = html_blocks(markup)
+    return blocks, {"charset": charset, "html_extractor": method}
 
 
 # --- Plain text ------------------------------------------------------------------------------
 
+_TERMINAL_FORMATTING = re.compile(rb"[\x20-\x7e]\x08|\x1b\[[0-9;]{0,32}[mK]")
+
+
 def _plain(data: bytes, declared_charset: str | None, content_type: str | None) -> tuple[str, dict[str, Any]]:
     declared = f" (declared as {content_type})" if content_type else ""
     failure = f"unsupported binary content{declared}: not a PDF, DOCX, HTML or text document in a known charset"
+    # Formatted manual pages embolden and underline by overstriking ("X\bX", "_\bX") or with
+    # terminal escapes ("\x1b[1m"): formatting, not text.
+    data = _TERMINAL_FORMATTING.sub(b"", data) if b"\x08" in data or b"\x1b[" in data else data
     text, charset = _decode(data, declared_charset, failure=failure)
     return text, {"charset": charset}
 
@@ -389,9 +413,13 @@ _BLANK_LINES = re.compile(r"\n{3,}")
 _INVISIBLE = dict.fromkeys(map(ord, "\u00ad\u200b\u200c\u200d\u2060\ufeff"))
 
 
-def normalize_whitespace(text: str) -> str:
-    """Collapse runs of spaces/tabs, trim lines, keep single line breaks and paragraph breaks."""
+def normalize_whitespace(text: str, *, keep_indent: bool = False) -> str:
+    """Collapse runs of spaces/tabs, trim lines, keep single line breaks and paragraph breaks;
+    with `keep_indent`, leading indentation stays (markup and code give it meaning)."""
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\f", "\n\n")
     text = text.replace("\u2028", "\n").replace("\u2029", "\n\n").translate(_INVISIBLE)
-    lines = (_HSPACE.sub(" ", line).strip() for line in text.split("\n"))
-    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip()
+    if keep_indent:
+        lines = (line.expandtabs(4).rstrip() for line in text.split("\n"))
+    else:
+        lines = (_HSPACE.sub(" ", line).strip() for line in text.split("\n"))
+    return _BLANK_LINES.sub("\n\n", "\n".join(lines)).strip("\n" if keep_indent else None)

@@ -1,9 +1,10 @@
-"""Extractor handler: document bytes (inline or claim check) -> clean text for the summarizer."""
+"""Extractor handler: document bytes (inline or claim check) -> labelled blocks for the summarizer."""
 
 from __future__ import annotations
 
 from contextlib import AsyncExitStack
 
+from conveyor.document import CONTENT_TYPE as DOCUMENT_TYPE
 from conveyor.events import Event
 from conveyor.extractor.extract import extract_text
 from conveyor.isolation import IsolatedPool
@@ -26,8 +27,10 @@ def build_stage(settings: Settings, store: JobStore, blobs: BlobStore, resources
         data = await payload_bytes(source, blobs)
         extracted = await parsers.run(extract_text, data, content_type=source.content_type,
                                       filename=source.filename, timeout=settings.parse_timeout_seconds)
-        payload = await text_payload(extracted.text, blobs, claim_check_bytes=settings.claim_check_bytes)
-        meta = {**event.meta, "kind": extracted.kind, "chars": len(extracted.text), **extracted.meta}
+        document = extracted.document
+        payload = await text_payload(document.encode().decode("utf-8"), blobs, content_type=DOCUMENT_TYPE,
+                                     claim_check_bytes=settings.claim_check_bytes)
+        meta = {**event.meta, "kind": extracted.kind, **extracted.meta}
         return event.next("summarizer", payload=payload, meta=meta)
 
     return Stage("extractor", extract)

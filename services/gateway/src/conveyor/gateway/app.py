@@ -64,11 +64,13 @@ log = logging.getLogger(__name__)
 UPLOAD_CHUNK = 1024 * 1024
 OCTET_STREAM = "application/octet-stream"
 SUPPORTED_UPLOADS = {
-    "text/plain", "text/html", "application/xhtml+xml", "application/pdf", "text/markdown", "text/csv",
+    "text/plain", "text/html", "application/xhtml+xml", "application/pdf", "text/markdown", "text/x-markdown",
+    "text/x-rst", "text/csv",
     "application/vnd.openxmlformats-officedocument.wordprocessingml.document", OCTET_STREAM,
 }
 MAX_FILENAME_CHARS = 255
-SUPPORTED_SUFFIXES = (".txt", ".text", ".md", ".csv", ".html", ".htm", ".xhtml", ".pdf", ".docx")
+SUPPORTED_SUFFIXES = (".txt", ".text", ".md", ".markdown", ".rst", ".csv", ".html", ".htm", ".xhtml", ".pdf",
+                      ".docx")
 
 
 LIST_PARAMETERS = {"state", "since", "before", "limit"}

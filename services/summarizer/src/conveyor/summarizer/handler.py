@@ -1,9 +1,10 @@
-"""Summarizer handler: clean text -> summary, through the configured backend (TextRank or an LLM)."""
+"""Summarizer handler: the extracted document -> summary, through the configured backend (TextRank or an LLM)."""
 
 from __future__ import annotations
 
 from contextlib import AsyncExitStack
 
+from conveyor.document import Document
 from conveyor.events import Event, Payload
 from conveyor.kafka.stage import Stage
 from conveyor.payloads import payload_bytes
@@ -19,8 +20,8 @@ def build_stage(settings: Settings, store: JobStore, blobs: BlobStore, resources
     resources.push_async_callback(backend.close)
 
     async def summarize(event: Event) -> Event:
-        text = (await payload_bytes(event.payload, blobs)).decode("utf-8")
-        summary = await backend.summarize(text, sentences=settings.summary_sentences)
+        document = Document.decode(await payload_bytes(event.payload, blobs), event.payload.content_type)
+        summary = await backend.summarize(document, sentences=settings.summary_sentences)
         # A text with no sentence ends is one long "sentence": the summary stays bounded anyway.
         summary_text, cut = cut_at_word(summary.text, settings.max_summary_chars)
         meta = {**event.meta, "backend": summary.backend, **summary.meta, **({"summary_truncated": True} if cut else {})}

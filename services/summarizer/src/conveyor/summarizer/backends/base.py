@@ -6,6 +6,8 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any
 
+from conveyor.document import Document
+
 
 @dataclass(frozen=True)
 class Summary:
@@ -23,8 +25,9 @@ class SummarizerBackend(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    async def summarize(self, text: str, *, sentences: int) -> Summary:
-        """Summarize `text`; raise TransientError to retry later, PermanentError to give up."""
+    async def summarize(self, document: Document, *, sentences: int) -> Summary:
+        """Summarize `document` in at most `sentences` sentences; raise TransientError to retry
+        later, PermanentError to give up."""
 
     def blocked(self) -> str | None:
         """The dependency every summary needs while it is down (None: nothing is)."""

