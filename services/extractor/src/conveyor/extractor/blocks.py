@@ -9,7 +9,7 @@ bounded (tests/test_regex_safety.py feeds each 100 KB).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from conveyor.document import Block, BlockKind
 
@@ -102,7 +102,7 @@ def classify(lines: list[str]) -> Iterator[Block]:
         yield Block("code", "\n".join(lines))
         return
     if any(is_bullet(line) for line in lines):
-        yield from _list_items(lines)
+        yield from list_items(lines)
         return
     text = join_lines(lines)
     yield Block(paragraph_kind(text), text)
@@ -117,25 +117,27 @@ def paragraph_kind(text: str) -> BlockKind:
     return "prose"
 
 
-def _list_items(lines: list[str]) -> Iterator[Block]:
-    """Each bullet with its continuation lines is one item; text before the first bullet is its
-    own paragraph."""
+def list_items(lines: list[str], clean: Callable[[str], str] = str) -> Iterator[Block]:
+    """Each bullet with its continuation lines is one item; text before the first bullet, or
+    without bullets, is its own paragraph. `clean` removes a format's inline markup."""
     current: list[str] = []
     in_item = False
+
+    def block() -> Block | None:
+        text = " ".join(clean(join_lines(current)).split())
+        if not text:
+            return None
+        return Block("list_item", text) if in_item else Block(paragraph_kind(text), text)
+
     for line in lines:
         if is_bullet(line):
-            if current:
-                yield _item_or_paragraph(current, in_item)
+            if current and (made := block()):
+                yield made
             current, in_item = [strip_bullet(line)], True
         else:
             current.append(line)
-    if current:
-        yield _item_or_paragraph(current, in_item)
-
-
-def _item_or_paragraph(lines: list[str], in_item: bool) -> Block:
-    text = join_lines(lines)
-    return Block("list_item", text) if in_item else Block(paragraph_kind(text), text)
+    if current and (made := block()):
+        yield made
 
 
 def paragraphs(lines: Iterable[str]) -> Iterator[list[str]]:

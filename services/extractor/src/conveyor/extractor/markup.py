@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 from conveyor.document import Block
 from conveyor.extractor.blocks import (
-    is_bullet, join_lines, looks_like_table, paragraph_kind, strip_bullet,
+    is_bullet, join_lines, list_items, looks_like_table,
 )
 
 # --- Inline markup -----------------------------------------------------------------------------
@@ -116,29 +116,7 @@ def _markdown_paragraph(lines: list[str]) -> Iterator[Block]:
                 if not re.match(r"^[\s|:-]{3,}$", line)]
         yield Block("table", "\n".join(" ".join(row.split()) for row in rows))
         return
-    yield from _items_and_paragraphs(lines, clean_markdown_inline)
-
-
-def _items_and_paragraphs(lines: list[str], clean) -> Iterator[Block]:  # type: ignore[no-untyped-def]
-    """List items (a bullet and its continuation lines) and the paragraphs between them."""
-    current: list[str] = []
-    in_item = False
-
-    def block() -> Block | None:
-        text = " ".join(clean(join_lines(current)).split())
-        if not text:
-            return None
-        return Block("list_item", text) if in_item else Block(paragraph_kind(text), text)
-
-    for line in lines:
-        if is_bullet(line):
-            if current and (made := block()):
-                yield made
-            current, in_item = [strip_bullet(line)], True
-        else:
-            current.append(line)
-    if current and (made := block()):
-        yield made
+    yield from list_items(lines, clean_markdown_inline)
 
 
 # --- reStructuredText --------------------------------------------------------------------------
@@ -168,7 +146,7 @@ def rst_blocks(text: str) -> list[Block]:
                 literal_next = True
                 last = paragraph[-1].rstrip()[:-2]
                 paragraph[-1] = last + (":" if last and not last.endswith(" ") else "")
-            blocks.extend(_items_and_paragraphs(list(paragraph), clean_rst_inline))
+            blocks.extend(list_items(list(paragraph), clean_rst_inline))
             paragraph.clear()
 
     while index < len(lines):
