@@ -39,7 +39,7 @@ from conveyor.kafka.stage import Stage  # noqa: E402
 from conveyor.settings import Settings  # noqa: E402
 from conveyor.stores.base import JobStore  # noqa: E402
 from conveyor.stores.blobs import BlobStore  # noqa: E402
-from conveyor.topics import STAGES, next_stage  # noqa: E402
+from conveyor.topics import STAGES  # noqa: E402
 
 RUN_TIMEOUT_SECONDS = 900
 
@@ -47,10 +47,8 @@ RUN_TIMEOUT_SECONDS = 900
 def pass_through(name: str):  # type: ignore[no-untyped-def]
     """A stage that forwards each event to the next stage and does nothing else."""
     def build(settings: Settings, store: JobStore, blobs: BlobStore, resources: AsyncExitStack) -> Stage:
-        following = next_stage(name)
-
         async def forward(event: Event) -> Event | None:
-            return event.next(following) if following else None
+            return event.next()
 
         return Stage(name, forward)
     return build

@@ -25,14 +25,15 @@ from conveyor.operator.builders import (
     build_scaled_object,
     build_topics,
 )
-from conveyor.operator.spec import SpecError, parse_spec
+from conveyor.pipeline import SpecError, parse_spec
 from conveyor.operator.status import Problem, StageObservation, build_status, invalid_status
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = ROOT / "tests/data/crds"  # upstream CRDs, with their source in the README there
 CRD_SOURCE = ROOT / "services/operator/crd.yaml"
 CRD_COPIES = [ROOT / "charts/conveyor/crds/pipelines.conveyor.dev.yaml", ROOT / "k8s/crds/pipelines.conveyor.dev.yaml"]
-EXAMPLES = [ROOT / "k8s/examples/pipeline.yaml", ROOT / "k8s/examples/pipeline-with-embedder.yaml"]
+EXAMPLES = [ROOT / "k8s/examples/pipeline.yaml", ROOT / "k8s/examples/pipeline-with-embedder.yaml",
+            ROOT / "k8s/examples/pipeline-extract-notify.yaml"]
 K8S_VERSION = "1.30"
 OWNER = Owner(name="documents", namespace="media", uid="0b6a8f7e-3c1d-4e55-9a0b-1f2e3d4c5b6a")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -143,9 +144,54 @@ def test_extra_stage_gets_prefix_dot_name_and_its_own_command() -> None:
     embedder = spec.stage("embedder")
     assert spec.input_topic(embedder) == "conveyor.embedder"
     assert spec.consumer_group(embedder) == "conveyor-embedder"
-    assert embedder.container_command() == (["python", "-m", "conveyor_embedder"], [])
-    assert spec.stage("extractor").container_command() == (["conveyor-extractor"], [])
+    assert embedder.container_command() == (["conveyor-embedder"], [])
     assert spec.stage("extractor").replicas_ceiling == 6
+    custom = parse_spec({**example(EXAMPLES[0])["spec"], "stages": [
+        {"name": "redactor", "image": "acme/redactor:1", "handler": "acme.redact:handle"}]})
+    assert custom.stages[0].container_command() == (["conveyor-stage", "redactor", "acme.redact:handle"], [])
+
+
+def _rendered_bindings(path: Path) -> dict[str, dict[str, str]]:
+    """Each stage's bindings as its rendered Deployment's container gets them."""
+    spec = parse_spec(example(path)["spec"])
+    found = {}
+    for stage in spec.stages:
+        container = build_deployment(spec, stage, OWNER)["spec"]["template"]["spec"]["containers"][0]
+        found[stage.name] = {e["name"]: e.get("value") for e in container["env"]}
+    return found
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_the_rendered_bindings_chain_each_stage_to_the_next_with_no_gap(path: Path) -> None:
+    env = _rendered_bindings(path)
+    readers = {e["CONVEYOR_INPUT_TOPIC"]: name for name, e in env.items()}
+    first = next(iter(env))
+    walked, stage = [first], first
+    while env[stage]["CONVEYOR_OUTPUT_TOPIC"]:
+        following = readers[env[stage]["CONVEYOR_OUTPUT_TOPIC"]]  # a KeyError is a gap: nobody reads it
+        assert env[stage]["CONVEYOR_NEXT_STAGE"] == following
+        walked.append(stage := following)
+    assert walked == list(env), "every stage is on the one path, in the order listed"
+    assert {e["CONVEYOR_PIPELINE_STAGES"] for e in env.values()} == {",".join(env)}
+    assert all(e["CONVEYOR_NOTIFY_TOPIC"] == ("" if name == "notifier" else "conveyor.notify")
+               for name, e in env.items())
+
+
+def test_the_embedder_pipeline_runs_extract_embed_summarize_notify() -> None:
+    env = _rendered_bindings(EXAMPLES[1])
+    assert [(name, e["CONVEYOR_OUTPUT_TOPIC"]) for name, e in env.items()] == [
+        ("extractor", "conveyor.embedder"), ("embedder", "conveyor.summarize"),
+        ("summarizer", "conveyor.notify"), ("notifier", "")]
+
+
+def test_an_output_topic_must_be_a_later_stages_input() -> None:
+    raw = example(EXAMPLES[0])["spec"]
+    raw["stages"][0]["outputTopic"] = "conveyor.notify"  # skips the summarizer
+    skipping = parse_spec(raw)
+    assert skipping.following(skipping.stages[0]).name == "notifier"
+    raw["stages"][2]["outputTopic"] = "conveyor.extract"
+    with pytest.raises(SpecError, match=r"spec.stages\[2\].outputTopic: 'conveyor.extract' is not the input of a later stage"):
+        parse_spec(raw)
 
 
 def test_max_replicas_above_partitions_is_rejected_naming_the_field() -> None:

@@ -15,7 +15,7 @@ from aiokafka import TopicPartition
 from conveyor.kafka.admin import make_admin
 from conveyor.kafka.clients import make_consumer, make_producer
 from conveyor.operator.kafka_admin import KafkaAdmin, TopicRequest
-from conveyor.operator.spec import KafkaSpec
+from conveyor.pipeline import KafkaSpec
 from conveyor.settings import Settings
 from test_operator_kmock import NS, Cluster, cluster, eventually, pipeline, running_operator  # noqa: F401
 

@@ -26,7 +26,7 @@ from conveyor.operator.config import OperatorConfig
 from conveyor.operator.kafka_admin import TopicReport, TopicRequest
 from conveyor.operator.main import serve
 from conveyor.operator.reconciling import Runtime
-from conveyor.operator.spec import KafkaSpec
+from conveyor.pipeline import KafkaSpec
 
 pytestmark = pytest.mark.timeout(30)
 

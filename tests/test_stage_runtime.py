@@ -109,7 +109,7 @@ async def test_records_longer_than_the_poll_interval_cause_no_rebalance_and_no_d
     async def slow(event: Event) -> Event:
         calls[event.job_id] = calls.get(event.job_id, 0) + 1
         await asyncio.sleep(4.0)  # well past the 1.5 s poll interval
-        return event.next("summarizer")
+        return event.next()
 
     producer = make_producer(settings)
     await producer.start()

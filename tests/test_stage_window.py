@@ -83,7 +83,7 @@ def gated() -> tuple[dict[str, asyncio.Event], Callable]:
 
     async def handler(event: Event) -> Event:
         await gates.setdefault(event.job_id, asyncio.Event()).wait()
-        return event.next("summarizer")
+        return event.next()
 
     return gates, handler
 
@@ -143,7 +143,7 @@ async def test_retries_wait_outside_the_window_and_new_records_keep_flowing(tmp_
         calls[event.job_id] = calls.get(event.job_id, 0) + 1
         if event.job_id == "flaky" and calls["flaky"] < 3:
             raise RuntimeError("transient")
-        return event.next("summarizer")
+        return event.next()
 
     # One handler slot: if a retry wait held it, nothing else could run meanwhile.
     h = Harness(tmp_path, handler, concurrency=1, retry_base_seconds=1.0, retry_max_seconds=1.0, max_attempts=5)
@@ -168,7 +168,7 @@ async def test_revocation_does_not_wait_for_a_backoff_and_hands_back_what_is_not
         calls[event.job_id] = calls.get(event.job_id, 0) + 1
         if event.job_id == "failing":
             raise RuntimeError("fails")
-        return event.next("summarizer")
+        return event.next()
 
     h = Harness(tmp_path, handler, retry_base_seconds=30, retry_max_seconds=30, max_attempts=5)
     await h.add("done-0")
@@ -206,7 +206,7 @@ async def test_a_broker_error_after_the_handler_never_runs_it_again(tmp_path: Pa
 
     async def handler(event: Event) -> Event:
         calls.append(event.job_id)
-        return event.next("summarizer")
+        return event.next()
 
     h = Harness(tmp_path, handler)
     h.producer.fail_next(4)
@@ -223,7 +223,7 @@ async def test_attempts_survive_the_worker_a_record_that_killed_it_goes_to_the_d
 
     async def handler(event: Event) -> Event:
         calls.append(event.job_id)
-        return event.next("summarizer")
+        return event.next()
 
     h = Harness(tmp_path, handler, max_attempts=3)
     await h.add("killer")
@@ -248,7 +248,7 @@ async def test_every_attempt_has_a_deadline(tmp_path: Path) -> None:
     async def handler(event: Event) -> Event:
         if event.job_id == "hangs":
             await asyncio.sleep(3600)
-        return event.next("summarizer")
+        return event.next()
 
     h = Harness(tmp_path, handler, stage_timeout_seconds=0.1, max_attempts=2)
     await h.add("hangs")
@@ -261,7 +261,7 @@ async def test_every_attempt_has_a_deadline(tmp_path: Path) -> None:
 
 async def test_events_from_a_newer_producer_are_read_and_keep_their_fields(tmp_path: Path) -> None:
     async def handler(event: Event) -> Event:
-        return event.next("summarizer")
+        return event.next()
 
     h = Harness(tmp_path, handler)
     await h.add("newer", priority="high")  # a field this worker does not know
@@ -305,7 +305,7 @@ async def test_liveness_fails_only_when_running_work_makes_no_progress(tmp_path:
 async def test_many_records_across_partitions_all_commit(tmp_path: Path, count: int) -> None:
     async def handler(event: Event) -> Event:
         await asyncio.sleep(0.001 * (hash(event.job_id) % 5))
-        return event.next("summarizer")
+        return event.next()
 
     h = Harness(tmp_path, handler, partitions=3, max_in_flight=16, batch_size=8)
     for i in range(count):
@@ -332,7 +332,7 @@ class FlakyDependency:
             if self.down:
                 self.calls_while_down += 1
                 raise DependencyFailure("refused")
-        return event.next("summarizer")
+        return event.next()
 
 
 async def test_an_outage_is_waited_out_without_using_attempts_or_reaching_the_dlq(tmp_path: Path) -> None:
@@ -365,7 +365,7 @@ async def test_a_failure_while_the_dependency_serves_others_is_charged_and_dead_
             if event.job_id == "poison":
                 await asyncio.sleep(0.05)  # the healthy ones succeed meanwhile
                 raise DependencyFailure("500 for this input")
-        return event.next("summarizer")
+        return event.next()
 
     harness = Harness(tmp_path, handler, max_attempts=2, partitions=2)
     await harness.add("poison", partition=0)
@@ -395,7 +395,7 @@ async def test_a_stage_whose_every_record_needs_a_down_dependency_stops_fetching
 
     async def handler(event: Event) -> Event:
         handled.append(event.job_id)
-        return event.next("summarizer")
+        return event.next()
 
     harness = Harness(tmp_path, handler, blocked=lambda: "dep" if down else None)
     for i in range(5):

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from conveyor.operator.config import OperatorConfig
 from conveyor.settings import Settings
-from conveyor.topics import stage_bindings
 from conveyor.variables import OWNED_PREFIXES, READ_ELSEWHERE, unknown_variables, variables_of
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,10 +63,3 @@ def test_every_variable_the_project_names_is_one_some_part_reads() -> None:
     known = KNOWN | variables_of(OperatorConfig)
     assert len(named) > 50
     assert {variable: where for variable, where in named.items() if variable not in known} == {}
-
-
-def test_a_stage_reads_the_topics_and_group_it_is_bound_to() -> None:
-    assert stage_bindings("summarizer", Settings(topic_prefix="p")) == ("p.summarize", "p.summarize.dlq", "p-summarizer")
-    bound = Settings(topic_prefix="p", input_topic="team.embed", consumer_group="team-embedders")
-    assert stage_bindings("embedder", bound) == ("team.embed", "team.embed.dlq", "team-embedders")
-    assert stage_bindings("embedder", bound.model_copy(update={"dlq_topic": "team.dead"}))[1] == "team.dead"

@@ -104,9 +104,10 @@ class Event(BaseModel):
             raise EventDecodeError(_unsupported(event.version))
         return event
 
-    def next(self, stage: str, **changes: Any) -> "Event":
-        """The event the next stage receives: same job, fresh attempt count and timestamp."""
-        return self.model_copy(update={"stage": stage, "attempt": 1, "emitted_at": utcnow(), **changes})
+    def next(self, **changes: Any) -> "Event":
+        """A handler's output: same job, fresh attempt count and timestamp. The runtime addresses
+        it to the stage that reads its output topic."""
+        return self.model_copy(update={"attempt": 1, "emitted_at": utcnow(), **changes})
 
 
 def _unsupported(version: object) -> str:

@@ -41,8 +41,20 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(
         1_048_576, ge=1024, description="Producer max request size; larger payloads use the blob store."
     )
-    # A stage's bindings: set per stage by the operator; empty means the stage's own name.
+    pipeline_stages: Annotated[list[str], NoDecode] = Field(
+        ["extractor", "summarizer", "notifier"],
+        description="The pipeline's stages in data-flow order, comma separated: the gateway sends to the first, a job's status lists them all.",
+    )
+    # A stage's bindings: set per stage by the operator and `conveyor up -f`; unset, each is
+    # derived from the stage's name, its place in the pipeline and the prefix.
     input_topic: str | None = Field(None, description="Topic a stage worker reads; default `<prefix>.<stage>`.")
+    output_topic: str | None = Field(
+        None, description="Topic a stage's outputs go to; default the next stage's input; empty: the last stage (its outputs complete the job)."
+    )
+    next_stage: str | None = Field(None, description="The stage that reads a stage's output topic; default the next in the pipeline.")
+    notify_topic: str | None = Field(
+        None, description="Where a stage sends the failure notices of jobs with a callback; default the notifier's input, when the pipeline has one."
+    )
     dlq_topic: str | None = Field(None, description="A stage's dead-letter topic; default `<input topic>.dlq`.")
     consumer_group: str | None = Field(None, description="A stage's consumer group; default `<prefix>-<stage>`.")
 
@@ -179,7 +191,8 @@ class Settings(BaseSettings):
         15.0, ge=0, description="How often the gateway exports exact consumer lag; 0 = off."
     )
 
-    @field_validator("openai_fallback_base_urls", "webhook_retry_schedule", "oidc_algorithms", mode="before")
+    @field_validator("openai_fallback_base_urls", "webhook_retry_schedule", "oidc_algorithms", "pipeline_stages",
+                     mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
@@ -190,6 +203,8 @@ class Settings(BaseSettings):
             raise ValueError("CONVEYOR_OIDC_ISSUER needs CONVEYOR_OIDC_AUDIENCE (a token for any audience is no credential)")
         if bad := [a for a in self.oidc_algorithms if not a.startswith(("RS", "PS", "ES", "EdDSA"))]:
             raise ValueError(f"CONVEYOR_OIDC_ALGORITHMS: {', '.join(bad)} not allowed; use asymmetric ones (RS256, ES256...)")
+        if not self.pipeline_stages or len(set(self.pipeline_stages)) != len(self.pipeline_stages):
+            raise ValueError("CONVEYOR_PIPELINE_STAGES: name each stage once, in data-flow order (extractor,summarizer,notifier)")
         if self.max_pipeline_lag is not None and not self.lag_interval_seconds:
             raise ValueError("CONVEYOR_MAX_PIPELINE_LAG needs CONVEYOR_LAG_INTERVAL_SECONDS > 0 (the lag is measured that often)")
         return self

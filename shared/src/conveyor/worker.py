@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import sys
 import time
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -18,7 +19,7 @@ from conveyor.settings import Settings, load_settings
 from conveyor.stores import open_blob_store, open_job_store
 from conveyor.stores.base import JobStore
 from conveyor.stores.blobs import BlobStore
-from conveyor.topics import stage_bindings
+from conveyor.topics import BindingError, stage_bindings
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,13 @@ READY_STALE_SECONDS = 30.0
 
 def main(stage_name: str, build_stage: StageFactory) -> int:
     """Entry point of a stage's worker process (`conveyor-<stage>`): settings from the environment."""
-    asyncio.run(run_worker(stage_name, build_stage, load_settings()))
+    settings = load_settings()
+    try:
+        stage_bindings(stage_name, settings)
+    except BindingError as exc:
+        print(f"conveyor-{stage_name}: {exc}", file=sys.stderr)
+        return 2
+    asyncio.run(run_worker(stage_name, build_stage, settings))
     return 0
 
 
@@ -39,13 +46,13 @@ async def run_worker(stage_name: str, build_stage: StageFactory, settings: Setti
     tracing.setup_tracing(stage_name, console=settings.trace_console)
     await wait_for_broker(settings)
     if settings.create_topics:
-        topic, dlq, _ = stage_bindings(stage_name, settings)
-        await ensure_topics(settings, [topic, dlq])
+        bindings = stage_bindings(stage_name, settings)
+        await ensure_topics(settings, [bindings.input_topic, bindings.dlq_topic])
     async with AsyncExitStack() as resources:
         store = open_job_store(settings)
         resources.push_async_callback(store.close)
         blobs = open_blob_store(settings)
-        worker = StageWorker(build_stage(settings, store, blobs, resources), settings, store)
+        worker = StageWorker(build_stage(settings, store, blobs, resources), settings, store, blobs=blobs)
 
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

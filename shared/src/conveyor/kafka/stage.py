@@ -45,7 +45,8 @@ from conveyor.kafka.offsets import PartitionOffsets
 from conveyor.settings import Settings
 from conveyor.stores.base import JobStore, StageState
 from conveyor.stores.records import with_blob
-from conveyor.topics import input_topic, stage_bindings
+from conveyor.stores.blobs import BlobStore
+from conveyor.topics import NOTIFIER, stage_bindings
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,11 @@ BROKER_RETRY_CAP_SECONDS = 5.0
 
 @dataclass(frozen=True)
 class Stage:
-    """A pipeline stage: its name and the pure handler `event -> next event (or None)`."""
+    """A pipeline stage: its name and the handler `event -> output event (or None)`.
+
+    The handler does not address its output: the runtime sends it to the stage's output binding,
+    or, in the pipeline's last stage, completes the job with it (its summary and meta).
+    """
 
     name: str
     handler: Handler
@@ -68,6 +73,8 @@ class Stage:
     skip_done: bool = False
     # Names the dependency every record of the stage needs while it is down (None: nothing is).
     blocked: Callable[[], str | None] | None = None
+    # Completes its jobs itself (the notifier, before it calls back); other last stages leave it to the runtime.
+    completes_jobs: bool = False
     # Tell the notifier about a job that fails here, so its callback hears of it (not the notifier's own).
     reports_failures: bool = True
 
@@ -133,12 +140,15 @@ class StageWorker:
     `consumer` and `producer` default to real aiokafka clients; tests pass in-memory doubles.
     """
 
-    def __init__(self, stage: Stage, settings: Settings, store: JobStore, *, consumer: Any = None,
-                 producer: Any = None) -> None:
+    def __init__(self, stage: Stage, settings: Settings, store: JobStore, *, blobs: BlobStore | None = None,
+                 consumer: Any = None, producer: Any = None) -> None:
         self.stage = stage
         self.settings = settings
         self.store = store
-        self.topic, self.dlq, self.group = stage_bindings(stage.name, settings)
+        self.blobs = blobs  # a last stage deletes its jobs' blobs as they complete
+        self.bindings = stage_bindings(stage.name, settings)
+        self.topic, self.dlq, self.group = (self.bindings.input_topic, self.bindings.dlq_topic,
+                                            self.bindings.consumer_group)
         self.ready = False
         self.last_poll = time.monotonic()
         self._stopping = asyncio.Event()
@@ -432,7 +442,7 @@ class StageWorker:
         return claim.attempt
 
     async def _attempts(self, event: Event, record: ConsumerRecord, attempt: int) -> None:
-        stage, settings = self.stage.name, self.settings
+        stage = self.stage.name
         counted = True  # the first attempt was counted by the claim
         outages = 0
         while True:
@@ -459,14 +469,33 @@ class StageWorker:
                 if await self._failed(event, record, attempt, exc):
                     return
             else:
-                if output is not None:
-                    if output.payload.blob is not None:  # owned by the job before anyone can read it
-                        blob = output.payload.blob
-                        await self.store.transform(event.job_id, lambda r: with_blob(r, blob))
-                    await self._send(input_topic(output.stage, settings.topic_prefix), output)
-                await self.store.update_stage(event.job_id, stage, StageState.done, attempts=attempt)
+                await self._done(event, output, attempt)
                 return
             attempt += 1
+
+    async def _done(self, event: Event, output: Event | None, attempt: int) -> None:
+        """The handler succeeded: its output goes on to the next stage, or, in the last stage,
+        the job completes with it."""
+        stage, bindings = self.stage.name, self.bindings
+        if bindings.last and not self.stage.completes_jobs:
+            await self._delete_blobs(event.job_id)
+            await self.store.finish(event.job_id, stage, attempts=attempt, summary=output.summary if output else None,
+                                    meta=output.meta if output else None)
+            return
+        if output is not None and not bindings.last:
+            if output.payload.blob is not None:  # owned by the job before anyone can read it
+                blob = output.payload.blob
+                await self.store.transform(event.job_id, lambda r: with_blob(r, blob))
+            await self._send(bindings.output_topic, output.model_copy(update={"stage": bindings.next_stage}))
+        await self.store.update_stage(event.job_id, stage, StageState.done, attempts=attempt)
+
+    async def _delete_blobs(self, job_id: str) -> None:
+        """Nothing reads a completing job's blobs any more: they go before it completes, so a
+        crash in between leaves none behind."""
+        record = await self.store.get(job_id)
+        if self.blobs is not None and record is not None:
+            for blob in record.blobs:
+                await self.blobs.delete(blob)
 
     async def _failed(self, event: Event, record: ConsumerRecord, attempt: int, exc: Exception) -> bool:
         """A charged failure: dead-letter the record (True) or wait out its retry backoff (False)."""
@@ -547,11 +576,11 @@ class StageWorker:
 
     async def _report_failure(self, event: Event, error: str) -> None:
         """A job with a callback that failed here: the notifier sends it `job.failed`."""
-        if not (self.stage.reports_failures and event.callback_url):
+        if not (self.stage.reports_failures and event.callback_url and self.bindings.notify_topic):
             return
-        notice = event.next("notifier", payload=Payload(), summary=None,
+        notice = event.next(stage=NOTIFIER, payload=Payload(), summary=None,
                             failure=Failure(stage=self.stage.name, error=error[:1000]))
-        await self._send(input_topic("notifier", self.settings.topic_prefix), notice)
+        await self._send(self.bindings.notify_topic, notice)
 
     async def _dead_letter(self, record: ConsumerRecord, *, job_id: str | None, error: BaseException,
                            attempts: int) -> None:

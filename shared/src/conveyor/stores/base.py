@@ -203,6 +203,14 @@ class JobStore(abc.ABC):
 
         await self.transform(job_id, lambda r: records.completed(r, summary=summary, meta=meta))
 
+    async def finish(self, job_id: str, stage: str, *, attempts: int, summary: str | None,
+                     meta: dict[str, Any] | None) -> None:
+        """The pipeline's last stage is done with the job: it completes in the same write."""
+        from conveyor.stores import records
+
+        await self.transform(job_id, lambda r: records.finished(r, stage, attempts=attempts, summary=summary,
+                                                                meta=meta))
+
     async def cancel(self, job_id: str) -> JobRecord | None:
         """Mark the job cancelled (again is the same); the record as it now is, None when unknown."""
         from conveyor.stores import records

@@ -48,6 +48,16 @@ def completed(record: JobRecord, *, summary: str, meta: dict[str, Any] | None) -
     })
 
 
+def finished(record: JobRecord, stage: str, *, attempts: int, summary: str | None,
+             meta: dict[str, Any] | None) -> JobRecord:
+    """The record once the pipeline's last stage is done: the stage done and the job completed
+    (with the summary the stage gave, else the one it has), unless it already was, or was cancelled."""
+    record = with_stage(record, stage, StageState.done, attempts=attempts, error=None)
+    if record.final():
+        return record
+    return completed(record, summary=summary if summary is not None else record.summary or "", meta=meta)
+
+
 def notified(record: JobRecord) -> JobRecord:
     return record.model_copy(update={"notified_at": utcnow()})
 

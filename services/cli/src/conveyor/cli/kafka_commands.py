@@ -18,11 +18,11 @@ from conveyor.kafka.lag import group_lag
 from conveyor.settings import Settings
 from conveyor.stores import open_job_store
 from conveyor.stores.base import JobStore, StageState
-from conveyor.topics import STAGES, all_topics, consumer_group, input_topic, stage_bindings
+from conveyor.topics import all_topics, consumer_group, input_topic, stage_bindings
 
 
 async def topics(settings: Settings, *, create: bool) -> int:
-    names = all_topics(settings.topic_prefix)
+    names = all_topics(settings.topic_prefix, settings.pipeline_stages)
     if create:
         created = await ensure_topics(settings, names)
         print(f"created {len(created)} topic(s)" + (f": {', '.join(created)}" if created else ""))
@@ -36,7 +36,7 @@ async def topics(settings: Settings, *, create: bool) -> int:
 async def lag(settings: Settings, *, as_json: bool) -> int:
     prefix = settings.topic_prefix
     rows = []
-    for stage in STAGES:
+    for stage in settings.pipeline_stages:
         rows += await group_lag(settings, consumer_group(stage, prefix), [input_topic(stage, prefix)])
     if as_json:
         print(json.dumps([{"group": r.group, "topic": r.topic, "partition": r.partition,
@@ -51,7 +51,7 @@ async def lag(settings: Settings, *, as_json: bool) -> int:
 
 async def read_dead_letters(settings: Settings, stage: str, *, idle_ms: int = 1500) -> list[DeadLetter]:
     """Every record on the stage's DLQ, read with no consumer group (reading changes nothing)."""
-    consumer = make_consumer(settings, stage_bindings(stage, settings)[1], group_id=None)
+    consumer = make_consumer(settings, stage_bindings(stage, settings).dlq_topic, group_id=None)
     letters: list[DeadLetter] = []
     try:
         await consumer.start()
@@ -101,7 +101,7 @@ async def dlq_list(settings: Settings, stage: str, *, tenant: str | None = None)
         replayed = f"  (replayed: {state.value} now)" if state not in (None, StageState.failed) else ""
         print(f"{letter.failed_at:%Y-%m-%d %H:%M:%S}  job={letter.job_id or '-'}  attempts={letter.attempts}  "
               f"{letter.error_type}: {letter.error[:120]}{replayed}")
-    print(f"{len(letters)} dead letter(s) on {stage_bindings(stage, settings)[1]}", file=sys.stderr)
+    print(f"{len(letters)} dead letter(s) on {stage_bindings(stage, settings).dlq_topic}", file=sys.stderr)
     return 0
 
 
@@ -117,7 +117,7 @@ async def dlq_replay(settings: Settings, stage: str, *, job_ids: set[str] | None
     producer = make_producer(settings)
     await producer.start()
     try:
-        topic = stage_bindings(stage, settings)[0]
+        topic = stage_bindings(stage, settings).input_topic
         for letter in letters:
             headers = [(k, v.encode()) for k, v in letter.original_headers]
             key = letter.job_id.encode() if letter.job_id else None
@@ -133,7 +133,7 @@ async def dlq_replay(settings: Settings, stage: str, *, job_ids: set[str] | None
         print(f"skipped {len(replayed_before)} already replayed: job(s) "
               f"{', '.join(l.job_id or '-' for l in replayed_before[:10])} (see conveyor status)")
     if missing:
-        print(f"conveyor: no dead letter for job(s) {', '.join(missing)} on {stage_bindings(stage, settings)[1]}",
+        print(f"conveyor: no dead letter for job(s) {', '.join(missing)} on {stage_bindings(stage, settings).dlq_topic}",
               file=sys.stderr)
         return 1
     return 0

@@ -7,6 +7,7 @@ import os
 import runpy
 import signal
 import sys
+from pathlib import Path
 
 from conveyor.cli import running
 from conveyor.cli.services import ServiceNotInstalled, service_argv
@@ -35,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run the whole pipeline on this machine (embedded broker by default)",
                         description="Start an embedded Kafka-protocol broker, the gateway and every worker "
                                     "stage as child processes. Ctrl-C stops everything.")
+    up.add_argument("-f", "--file", type=Path, metavar="PIPELINE.yaml",
+                    help="run this Pipeline resource (the file kubectl applies, e.g. k8s/examples/pipeline.yaml); "
+                         "default: the built-in extractor -> summarizer -> notifier")
     up.add_argument("--workers", type=int, default=1, metavar="N", help="processes per worker stage (default 1)")
     for stage in STAGES:
         up.add_argument(f"--{stage}s", type=int, metavar="N", dest=f"{stage}_workers",
@@ -47,8 +51,13 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("gateway", help="run the HTTP gateway (one process, as conveyor-gateway)")
 
-    worker = sub.add_parser("worker", help="run one worker process of a stage (as conveyor-<stage>)")
-    worker.add_argument("stage", choices=STAGES)
+    worker = sub.add_parser("worker", help="run one worker process of a stage (as conveyor-<stage>)",
+                            description="Run one worker of a built-in stage, or of your own stage with --handler. "
+                                        "Its bindings (topics, consumer group) come from CONVEYOR_* variables.")
+    worker.add_argument("stage", help=f"the stage's name: {', '.join(STAGES)}, or your own with --handler")
+    worker.add_argument("--handler", metavar="MODULE:FUNCTION",
+                        help="your stage's async function event -> output event (or None), e.g. mystages.redact:handle; "
+                             "imported from the current directory or PYTHONPATH")
 
     submit = sub.add_parser("submit", help="submit a file (or - for stdin text) and print its job id")
     submit.add_argument("source", help="path of an HTML, PDF, DOCX or text file, or - to read text from stdin")
@@ -79,9 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     dlq = sub.add_parser("dlq", help="inspect or replay a stage's dead-letter topic")
     dlq_sub = dlq.add_subparsers(dest="dlq_command", required=True, metavar="ACTION")
     dlq_list = dlq_sub.add_parser("list", help="print the dead letters of a stage")
-    dlq_list.add_argument("stage", choices=STAGES)
+    dlq_list.add_argument("stage", help="the stage whose dead letters to print, e.g. extractor")
     dlq_replay = dlq_sub.add_parser("replay", help="send a stage's dead letters back to its input topic")
-    dlq_replay.add_argument("stage", choices=STAGES)
+    dlq_replay.add_argument("stage", help="the stage whose dead letters to replay, e.g. extractor")
     for action in (dlq_list, dlq_replay):
         action.add_argument("--tenant", help="only this tenant's dead letters")
     dlq_replay.add_argument("--job", action="append", dest="jobs", metavar="JOB_ID",
@@ -113,12 +122,26 @@ def main(argv: list[str] | None = None) -> int:
         args.url = args.url or default_gateway_url()
         return client_commands.run(args, running.home_from_environment())
     try:
-        if args.command in ("gateway", "worker", "operator"):
-            return _run_service(args.stage if args.command == "worker" else args.command)
+        if args.command == "worker":
+            return _run_worker(args.stage, args.handler)
+        if args.command in ("gateway", "operator"):
+            return _run_service(args.command)
         return _run(args, load_settings())
     except ServiceNotInstalled as exc:
         print(f"conveyor: {exc}", file=sys.stderr)
         return 2
+
+
+def _run_worker(stage: str, handler: str | None) -> int:
+    if handler is None:
+        if stage not in STAGES:
+            print(f"conveyor worker: {stage!r} is not a built-in stage ({', '.join(STAGES)}); "
+                  "run your own with --handler module:function", file=sys.stderr)
+            return 2
+        return _run_service(stage)
+    from conveyor import custom_stage
+
+    return custom_stage.run(stage, handler, program="conveyor worker")
 
 
 def _run_service(name: str) -> int:
@@ -137,8 +160,18 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
         if args.trace_console:
             os.environ["CONVEYOR_TRACE_CONSOLE"] = "true"
-        workers = {s: getattr(args, f"{s}_workers") or args.workers for s in STAGES}
-        return Supervisor(settings, workers=workers, base_metrics_port=args.metrics_port,
+        from conveyor.cli.pipeline_file import PipelineFileError, default_pipeline, load_pipeline_file
+
+        try:
+            _, pipeline = load_pipeline_file(args.file) if args.file else default_pipeline()
+        except PipelineFileError as exc:
+            print(f"conveyor up: {exc}", file=sys.stderr)
+            return 2
+        if not args.file:  # the built-in pipeline takes the prefix of the environment
+            pipeline = pipeline.model_copy(update={"kafka": pipeline.kafka.model_copy(
+                update={"topic_prefix": settings.topic_prefix})})
+        workers = {s.name: getattr(args, f"{s.name}_workers", None) or args.workers for s in pipeline.stages}
+        return Supervisor(settings, pipeline, workers=workers, base_metrics_port=args.metrics_port,
                           embedded=not args.external_broker).run()
     if args.command in ("keys", "webhook-secret"):
         from conveyor.cli import key_commands
@@ -147,8 +180,15 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     from conveyor.cli import kafka_commands as kc
 
     up = running.find(settings.home)
-    if up and "CONVEYOR_BOOTSTRAP_SERVERS" not in os.environ:
-        settings = settings.model_copy(update={"bootstrap_servers": up.bootstrap_servers})
+    if up:  # what the running `conveyor up` runs, unless the environment says otherwise
+        found = {"bootstrap_servers": up.bootstrap_servers, "pipeline_stages": up.pipeline_stages,
+                 "topic_prefix": up.topic_prefix}
+        settings = settings.model_copy(update={name: value for name, value in found.items()
+                                               if value is not None and f"CONVEYOR_{name.upper()}" not in os.environ})
+    if args.command == "dlq" and args.stage not in settings.pipeline_stages:
+        print(f"conveyor dlq: no stage {args.stage!r} in the pipeline ({', '.join(settings.pipeline_stages)})",
+              file=sys.stderr)
+        return 2
 
     if args.command == "topics":
         return kc.run(kc.topics(settings, create=args.create), settings)

@@ -23,28 +23,27 @@ from conveyor.kafka.clients import make_producer
 from conveyor.settings import Settings
 from conveyor.stores import open_job_store, records
 from conveyor.stores.base import JobStore
-from conveyor.topics import all_topics, input_topic, stage_bindings
+from conveyor.pipeline import PipelineSpec
 
 
-async def restore(settings: Settings) -> tuple[int, int]:
-    """Everything the job store holds back onto an empty embedded broker, its topics created
-    first: (unfinished jobs re-driven, dead letters put back)."""
-    await ensure_topics(settings, all_topics(settings.topic_prefix))
+async def restore(settings: Settings, pipeline: PipelineSpec) -> tuple[int, int]:
+    """Everything the job store holds back onto an empty embedded broker, the pipeline's topics
+    created first: (unfinished jobs re-driven, dead letters put back)."""
+    await ensure_topics(settings, pipeline.topics())
     store = open_job_store(settings)
     producer = make_producer(settings)
     await producer.start()
     try:
-        jobs = await _redrive_unfinished(store, producer, settings)
-        return jobs, await _put_back_dead_letters(store, producer, settings)
+        jobs = await _redrive_unfinished(store, producer, pipeline.input_topic(pipeline.stages[0]))
+        return jobs, await _put_back_dead_letters(store, producer, pipeline)
     finally:
         await producer.stop()
         await store.close()
 
 
-async def _redrive_unfinished(store: JobStore, producer: AIOKafkaProducer, settings: Settings) -> int:
-    """Every unfinished job starts over from its first event."""
+async def _redrive_unfinished(store: JobStore, producer: AIOKafkaProducer, topic: str) -> int:
+    """Every unfinished job starts over from its first event, on the first stage's topic."""
     jobs = await store.unfinished_submissions()
-    topic = input_topic("extractor", settings.topic_prefix)
     sent = []
     for job_id, event in jobs:
         await store.transform(job_id, records.restarted)
@@ -53,12 +52,15 @@ async def _redrive_unfinished(store: JobStore, producer: AIOKafkaProducer, setti
     return len(jobs)
 
 
-async def _put_back_dead_letters(store: JobStore, producer: AIOKafkaProducer, settings: Settings) -> int:
-    letters = await store.dead_letters()
+async def _put_back_dead_letters(store: JobStore, producer: AIOKafkaProducer, pipeline: PipelineSpec) -> int:
+    """Each kept dead letter back on its stage's DLQ (a stage no longer in the pipeline keeps its
+    letters in the store, where they wait for it)."""
+    stages = {stage.name: stage for stage in pipeline.stages}
+    letters = [(stages[name], letter) for name, letter in await store.dead_letters() if name in stages]
     sent = []
     for stage, letter in letters:
         job_id = DeadLetter.model_validate_json(letter).job_id
-        sent.append(await producer.send(stage_bindings(stage, settings)[1], letter,
+        sent.append(await producer.send(pipeline.dlq_topic(stage), letter,
                                         key=job_id.encode() if job_id else None))
     await asyncio.gather(*sent)
     return len(letters)

@@ -30,6 +30,8 @@ class Running:
     bootstrap_servers: str
     gateway_url: str
     metrics: dict[str, str] = field(default_factory=dict)  # process name -> its /metrics URL
+    pipeline_stages: list[str] | None = None  # the stages it runs, in order (None: the defaults)
+    topic_prefix: str | None = None
 
 
 def hold(home: Path) -> IO[str]:
@@ -47,9 +49,11 @@ def hold(home: Path) -> IO[str]:
     return lock
 
 
-def record(home: Path, *, bootstrap_servers: str, gateway_url: str, metrics: dict[str, str]) -> Path:
+def record(home: Path, *, bootstrap_servers: str, gateway_url: str, metrics: dict[str, str],
+           pipeline_stages: list[str], topic_prefix: str) -> Path:
     path = home / FILE_NAME
-    path.write_text(json.dumps(asdict(Running(os.getpid(), bootstrap_servers, gateway_url, metrics))))
+    path.write_text(json.dumps(asdict(Running(os.getpid(), bootstrap_servers, gateway_url, metrics,
+                                              pipeline_stages, topic_prefix))))
     return path
 
 

@@ -30,9 +30,10 @@ from conveyor.cli.embedded_broker import EmbeddedBroker, free_port
 from conveyor.cli.services import service_argv
 from conveyor.cli.local_credentials import local_api_key, local_webhook_secret
 from conveyor.cli.redrive import restore
+from conveyor.cli.pipeline_file import local_env
 from conveyor.isolation import die_with_parent
+from conveyor.pipeline import PipelineSpec, StageSpec
 from conveyor.settings import Settings
-from conveyor.topics import STAGES
 
 log = logging.getLogger("conveyor.up")
 RESTART_DELAY_SECONDS = 1.0
@@ -61,17 +62,32 @@ class Child:
         self.started_at = time.monotonic()
 
 
-def plan_children(settings: Settings, workers: dict[str, int], *, base_metrics_port: int, log_dir: Path,
+def stage_argv(stage: StageSpec) -> list[str]:
+    """What runs one worker of the stage here: the user's handler or command, else the built-in
+    stage's service (ServiceNotInstalled when there is none of that name)."""
+    if stage.handler is not None:
+        return [sys.executable, "-m", "conveyor.custom_stage", stage.name, stage.handler]
+    if stage.command is not None:
+        return [*stage.command, *(stage.args or ())]
+    return service_argv(stage.name)
+
+
+def plan_children(pipeline: PipelineSpec, workers: dict[str, int], *, base_metrics_port: int, log_dir: Path,
                   env: dict[str, str]) -> list[Child]:
+    # The gateway sends to the pipeline's first stage and lists every stage in a job's status.
+    gateway_env = {**env, "CONVEYOR_PIPELINE_STAGES": ",".join(s.name for s in pipeline.stages),
+                   "CONVEYOR_TOPIC_PREFIX": pipeline.kafka.topic_prefix}
     # The gateway's metrics and API docs are on its own port, the first of the range.
-    children = [Child("gateway", service_argv("gateway"), {**env, "CONVEYOR_METRICS_PORT": str(base_metrics_port)},
+    children = [Child("gateway", service_argv("gateway"), {**gateway_env, "CONVEYOR_METRICS_PORT": str(base_metrics_port)},
                       log_dir / "gateway.log")]
     port = base_metrics_port + 1
-    for stage in STAGES:
-        for index in range(workers[stage]):
-            child_env = {**env, "CONVEYOR_METRICS_PORT": str(port)}
-            children.append(Child(f"{stage}-{index + 1}", service_argv(stage), child_env,
-                                  log_dir / f"{stage}-{index + 1}.log"))
+    for stage in pipeline.stages:
+        argv = stage_argv(stage)
+        stage_env, _ = local_env(pipeline, stage)
+        for index in range(workers[stage.name]):
+            child_env = {**env, **stage_env, "CONVEYOR_METRICS_PORT": str(port)}
+            children.append(Child(f"{stage.name}-{index + 1}", argv, child_env,
+                                  log_dir / f"{stage.name}-{index + 1}.log"))
             port += 1
     return children
 
@@ -110,9 +126,12 @@ def _kill(children: list[Child]) -> None:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, *, workers: dict[str, int], base_metrics_port: int,
-                 embedded: bool) -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings, pipeline: PipelineSpec, *, workers: dict[str, int],
+                 base_metrics_port: int, embedded: bool) -> None:
+        self.pipeline = pipeline
+        # What the supervisor itself does (topics, re-drives) follows the pipeline, not the defaults.
+        self.settings = settings.model_copy(update={"pipeline_stages": [s.name for s in pipeline.stages],
+                                                    "topic_prefix": pipeline.kafka.topic_prefix})
         self.workers = workers
         self.base_metrics_port = base_metrics_port
         self.embedded = embedded
@@ -122,8 +141,13 @@ class Supervisor:
         self._redrive_pending = False
 
     def run(self) -> int:
-        for service in ("gateway", *STAGES):
-            service_argv(service)  # a missing service stops us before anything starts
+        service_argv("gateway")  # a missing service stops us before anything starts
+        for stage in self.pipeline.stages:
+            stage_argv(stage)
+            _, unresolved = local_env(self.pipeline, stage)
+            if unresolved:
+                print(f"conveyor up: stage {stage.name}: {', '.join(unresolved)} come from Kubernetes (valueFrom); "
+                      "set them in this shell if the stage needs them", file=sys.stderr, flush=True)
         home = self.settings.home.resolve()
         try:
             lock = running.hold(home)
@@ -154,7 +178,7 @@ class Supervisor:
             recovery = self.settings.model_copy(update={"bootstrap_servers": broker.bootstrap, "home": home})
             # It starts empty: what the job store holds from earlier runs goes back on it.
             try:
-                jobs, letters = asyncio.run(restore(recovery))
+                jobs, letters = asyncio.run(restore(recovery, self.pipeline))
             except Exception as exc:  # noqa: BLE001 - the pipeline still runs; say what was not restored
                 print(f"conveyor up: could not put the job store's unfinished jobs and dead letters back "
                       f"({type(exc).__name__}: {exc})", file=sys.stderr, flush=True)
@@ -163,7 +187,7 @@ class Supervisor:
                     print(f"re-published {jobs} unfinished job(s) and {letters} dead letter(s) from the job "
                           f"store of {home}", flush=True)
         bootstrap = env.get("CONVEYOR_BOOTSTRAP_SERVERS", self.settings.bootstrap_servers)
-        children = plan_children(self.settings, self.workers, base_metrics_port=self.base_metrics_port,
+        children = plan_children(self.pipeline, self.workers, base_metrics_port=self.base_metrics_port,
                                  log_dir=log_dir, env=env)
         write_prometheus_targets(home / "prometheus-targets.json", children)
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -174,7 +198,8 @@ class Supervisor:
                 child.start()
             url = f"http://{self.settings.gateway_host}:{self.settings.gateway_port}"
             up_file = running.record(home, bootstrap_servers=bootstrap, gateway_url=url, metrics={
-                child.name: f"http://127.0.0.1:{child.env['CONVEYOR_METRICS_PORT']}/metrics" for child in children})
+                child.name: f"http://127.0.0.1:{child.env['CONVEYOR_METRICS_PORT']}/metrics" for child in children},
+                pipeline_stages=self.settings.pipeline_stages, topic_prefix=self.settings.topic_prefix)
             self._print_banner(bootstrap, broker is not None, children, log_dir, home, webhook_key, api_key)
             while not self.stopping:
                 if broker and recovery:
@@ -240,7 +265,7 @@ class Supervisor:
                     self._redrive_pending = True
                 broker.start()
             if self._redrive_pending:
-                jobs, letters = asyncio.run(restore(settings))
+                jobs, letters = asyncio.run(restore(settings, self.pipeline))
                 self._redrive_pending, self._broker_attempts = False, 0
                 for worker in workers:
                     worker.start()

@@ -31,6 +31,6 @@ def build_stage(settings: Settings, store: JobStore, blobs: BlobStore, resources
         payload = await text_payload(document.encode().decode("utf-8"), blobs, content_type=DOCUMENT_TYPE,
                                      claim_check_bytes=settings.claim_check_bytes)
         meta = {**event.meta, "kind": extracted.kind, **extracted.meta}
-        return event.next("summarizer", payload=payload, meta=meta)
+        return event.next(payload=payload, meta=meta)
 
     return Stage("extractor", extract)

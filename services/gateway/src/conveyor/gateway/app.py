@@ -31,7 +31,7 @@ from conveyor.gateway.admission import BacklogBound, TenantRate
 from conveyor.gateway.answers import accepted, unavailable, validation_problem
 from conveyor.gateway.auth import Authenticate, Authenticator, Principal, caller
 from conveyor.gateway.idempotency import KEY_PATTERN
-from conveyor.gateway.intake import PRODUCE_TIMEOUT_MS, Intake, new_event
+from conveyor.gateway.intake import PRODUCE_TIMEOUT_MS, Intake
 from conveyor.gateway.lag_exporter import export_lag_forever
 from conveyor.gateway.limits import BodyLimitMiddleware
 from conveyor.gateway.models import (
@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tracing.setup_tracing("gateway", console=settings.trace_console)
         if settings.create_topics:
-            await ensure_topics(settings, all_topics(settings.topic_prefix))
+            await ensure_topics(settings, all_topics(settings.topic_prefix, settings.pipeline_stages))
         # No linger: requests arrive while a send is in flight and batch behind it anyway, and
         # every millisecond of linger is a millisecond more for each client (bench/ingest.py).
         app.state.producer = make_producer(settings, linger_ms=0, request_timeout_ms=PRODUCE_TIMEOUT_MS)
@@ -207,7 +207,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async def event(job_id: str) -> Event:
             metrics.HTTP_PAYLOAD_BYTES.labels("/upload").observe(size)
             metrics.JOBS_SUBMITTED.labels("upload").inc()
-            return new_event(job_id, principal.tenant, user_id, payload, callback_url, size=size)
+            return request.app.state.intake.new_event(job_id, principal.tenant, user_id, payload, callback_url, size=size)
 
         def digest() -> str:
             content = payload.blob.sha256 if payload.blob else hashlib.sha256(data).hexdigest()

@@ -27,7 +27,7 @@ from conveyor.events import Event, Payload
 from conveyor.gateway.admission import ActiveJobQuota, BacklogBound
 from conveyor.gateway.idempotency import Idempotency
 from conveyor.settings import Settings
-from conveyor.stores.base import JobRecord, JobStore
+from conveyor.stores.base import JobRecord, JobStore, StageProgress
 from conveyor.stores.blobs import BlobStore
 from conveyor.topics import input_topic
 
@@ -38,7 +38,9 @@ PUBLISH_TIMEOUT_SECONDS = 2.0  # ours, around the whole send (a topic's metadata
 class Intake:
     def __init__(self, settings: Settings, producer: AIOKafkaProducer, store: JobStore, blobs: BlobStore,
                  backlog: BacklogBound) -> None:
-        self.topic = input_topic("extractor", settings.topic_prefix)
+        # The pipeline's first stage reads what the gateway sends; a job's status lists every stage.
+        self.stages = tuple(settings.pipeline_stages)
+        self.topic = input_topic(self.stages[0], settings.topic_prefix)
         self.producer, self.store, self.blobs, self.backlog = producer, store, blobs, backlog
         self.quota = ActiveJobQuota(store, settings.tenant_max_active_jobs)
         self.idempotency = Idempotency(store, settings.idempotency_ttl_seconds)
@@ -75,6 +77,7 @@ class Intake:
         event_bytes = event.to_bytes()
         record = JobRecord(job_id=event.job_id, tenant=event.tenant, user_id=event.user_id,
                            callback_url=event.callback_url, meta=event.meta,
+                           stages={stage: StageProgress() for stage in self.stages},
                            blobs=[event.payload.blob] if event.payload.blob else [])
         await self.store.create(record, submission=event_bytes)
         try:
@@ -102,8 +105,8 @@ class Intake:
                     raise
                 raise DependencyFailure(f"the broker did not acknowledge: {type(exc).__name__}") from exc
 
-
-def new_event(job_id: str, tenant: str, user_id: str, payload: Payload, callback_url: object,
-              **meta: object) -> Event:
-    return Event(job_id=job_id, tenant=tenant, user_id=user_id, stage="extractor", payload=payload,
-                 callback_url=str(callback_url) if callback_url else None, meta=dict(meta))
+    def new_event(self, job_id: str, tenant: str, user_id: str, payload: Payload, callback_url: object,
+                  **meta: object) -> Event:
+        """A job's first event, for the pipeline's first stage."""
+        return Event(job_id=job_id, tenant=tenant, user_id=user_id, stage=self.stages[0], payload=payload,
+                     callback_url=str(callback_url) if callback_url else None, meta=dict(meta))

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from conveyor import metrics
 from conveyor.kafka.lag import group_lag
 from conveyor.settings import Settings
-from conveyor.topics import STAGES, consumer_group, input_topic
+from conveyor.topics import consumer_group, input_topic
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ async def export_lag_once(settings: Settings) -> int:
     """Export every partition's lag; returns the backlog of the most backed-up stage."""
     prefix = settings.topic_prefix
     backlog = 0
-    for stage in STAGES:
+    for stage in settings.pipeline_stages:
         stage_lag = 0
         for part in await group_lag(settings, consumer_group(stage, prefix), [input_topic(stage, prefix)]):
             metrics.CONSUMER_LAG.labels(part.group, part.topic, str(part.partition)).set(part.lag)

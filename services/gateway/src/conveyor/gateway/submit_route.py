@@ -26,7 +26,6 @@ from conveyor.breakers import DependencyUnavailable
 from conveyor.events import Event, Payload
 from conveyor.gateway.answers import accepted, encoded_headers, send_json, unavailable, validation_problem
 from conveyor.gateway.idempotency import KEY_PATTERN
-from conveyor.gateway.intake import new_event
 from conveyor.gateway.models import SubmitRequest
 from conveyor.settings import Settings
 
@@ -85,7 +84,7 @@ class SubmitEndpoint:
             else:
                 payload = Payload(text=request.content, content_type=request.content_type)
             self.submitted.inc()
-            return new_event(job_id, tenant, request.user_id, payload, request.callback_url)
+            return self.state.intake.new_event(job_id, tenant, request.user_id, payload, request.callback_url)
 
         def digest() -> str:
             return hashlib.sha256(request.model_dump_json().encode()).hexdigest()

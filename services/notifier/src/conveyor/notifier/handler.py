@@ -61,7 +61,7 @@ def build_stage(settings: Settings, store: JobStore, blobs: BlobStore, resources
         return None
 
     # A failure notice is sent once and is not the notifier's own stage work: it skips nothing.
-    return Stage("notifier", notify, skip_done=True, reports_failures=False)
+    return Stage("notifier", notify, skip_done=True, reports_failures=False, completes_jobs=True)
 
 
 async def _stop(scheduler: asyncio.Task[None], deliveries: Deliveries) -> None:

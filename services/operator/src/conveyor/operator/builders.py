@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from conveyor.operator.spec import PipelineSpec, StageSpec
+from conveyor.pipeline import PipelineSpec, StageSpec
 
 GROUP = "conveyor.dev"
 VERSION = "v1alpha1"
@@ -72,21 +72,10 @@ def _metadata(name: str, owner: Owner, stage: str | None) -> dict[str, Any]:
 def _env(spec: PipelineSpec, stage: StageSpec) -> list[dict[str, Any]]:
     generated = {
         "CONVEYOR_BOOTSTRAP_SERVERS": spec.kafka.bootstrap_servers,
-        "CONVEYOR_TOPIC_PREFIX": spec.kafka.topic_prefix,
         "CONVEYOR_METRICS_PORT": str(METRICS_PORT),
         "CONVEYOR_HOME": HOME,
-        "CONVEYOR_STAGE": stage.name,
-        "CONVEYOR_INPUT_TOPIC": spec.input_topic(stage),
-        "CONVEYOR_DLQ_TOPIC": spec.dlq_topic(stage),
-        "CONVEYOR_CONSUMER_GROUP": spec.consumer_group(stage),
+        **spec.stage_env(stage),
     }
-    if stage.summarizer is not None:
-        optional = {
-            "CONVEYOR_SUMMARIZER_BACKEND": stage.summarizer.backend,
-            "CONVEYOR_OPENAI_BASE_URL": stage.summarizer.openai_base_url,
-            "CONVEYOR_OPENAI_MODEL": stage.summarizer.openai_model,
-        }
-        generated |= {k: v for k, v in optional.items() if v is not None}
     overridden = {e.name for e in stage.env}
     env: list[dict[str, Any]] = [{"name": k, "value": v} for k, v in generated.items() if k not in overridden]
     for var in stage.env:

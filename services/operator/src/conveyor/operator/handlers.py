@@ -21,7 +21,7 @@ from conveyor.operator import metrics
 from conveyor.operator.builders import GROUP, PLURAL, VERSION
 from conveyor.operator.kube import PIPELINES, ApiError, KubeClient
 from conveyor.operator.reconciling import KAFKA_FAILURES, Runtime, finalize, reconcile
-from conveyor.operator.spec import SpecError
+from conveyor.pipeline import SpecError
 from conveyor.operator.status import changed_fields, invalid_status
 
 FINALIZER = "conveyor.dev/topics"

@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError
 
 from conveyor.kafka.admin import make_admin
 from conveyor.kafka.lag import group_lag
-from conveyor.operator.spec import KafkaSpec
+from conveyor.pipeline import KafkaSpec
 from conveyor.operator.status import Problem
 from conveyor.settings import Settings
 

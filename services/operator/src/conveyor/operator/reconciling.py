@@ -21,7 +21,7 @@ from conveyor.operator.builders import PIPELINE_LABEL, STAGE_LABEL, Owner
 from conveyor.operator.config import OperatorConfig
 from conveyor.operator.kafka_admin import TopicReport, TopicRequest
 from conveyor.operator.kube import DEPLOYMENTS, SCALED_OBJECTS, TOPICS, ApiError, KubeClient
-from conveyor.operator.spec import KafkaSpec, PipelineSpec, parse_spec
+from conveyor.pipeline import KafkaSpec, PipelineSpec, parse_spec
 from conveyor.operator.status import Problem, StageObservation, build_status
 
 KAFKA_FAILURES = (KafkaError, OSError, TimeoutError)
@@ -214,7 +214,7 @@ async def finalize(runtime: Runtime, body: Mapping[str, Any], logger: logging.Lo
         return done
     if delete:
         spec = parse_spec(raw)  # SpecError: an invalid spec cannot name its topics, so none are deleted
-        names = [n for stage in spec.stages for n in (spec.input_topic(stage), spec.dlq_topic(stage))]
+        names = spec.topics()
         deleted = await runtime.kafka.delete_topics(spec.kafka, names)
         done += [f"deleted topic {name}" for name in deleted]
     return done

@@ -26,7 +26,7 @@ def build_stage(settings: Settings, store: JobStore, blobs: BlobStore, resources
         summary_text, cut = cut_at_word(summary.text, settings.max_summary_chars)
         meta = {**event.meta, "backend": summary.backend, **summary.meta, **({"summary_truncated": True} if cut else {})}
         # The notifier needs only the summary: the text stays behind.
-        return event.next("notifier", payload=Payload(), summary=summary_text, meta=meta)
+        return event.next(payload=Payload(), summary=summary_text, meta=meta)
 
     # Skipping finished jobs on redelivery saves a second LLM call.
     return Stage("summarizer", summarize, skip_done=True, blocked=backend.blocked)

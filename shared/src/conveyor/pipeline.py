@@ -1,9 +1,13 @@
-"""The Pipeline spec, parsed once into typed, validated models.
+"""The Pipeline spec: the one description of a pipeline, parsed into typed, validated models.
+
+The operator reconciles it on Kubernetes and `conveyor up -f` runs it on one machine; both give
+every stage the same bindings (`bindings_env`): its input, output and dead-letter topics, the stage
+that reads its output, its consumer group and where failure notices go.
 
 The API server already enforces the CRD schema; this module checks it again (objects may come from
-older schema versions or from a server that does not run the CEL rules) and resolves the defaults
-that depend on other fields: topic names, consumer groups, maxReplicas and the worker command.
-Every problem names its field, e.g. `spec.stages[1].maxReplicas: ...`.
+older schema versions, from a server that does not run the CEL rules, or from a file) and resolves
+the defaults that depend on other fields: topic names, consumer groups, maxReplicas and the worker
+command. Every problem names its field, e.g. `spec.stages[1].maxReplicas: ...`.
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
-from conveyor.topics import consumer_group, input_topic
+from conveyor.topics import NOTIFIER, consumer_group, input_topic
 
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+HANDLER = r"^[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*$"
 TOPIC_NAME = r"^[A-Za-z0-9._-]{1,249}$"
 
 
@@ -65,6 +70,8 @@ class StageSpec(_Model):
     command: tuple[str, ...] | None = None
     args: tuple[str, ...] | None = None
     input_topic: str | None = Field(None, pattern=TOPIC_NAME)
+    output_topic: str | None = Field(None, pattern=TOPIC_NAME)
+    handler: str | None = Field(None, pattern=HANDLER, max_length=200)
     partitions: int = Field(6, ge=1, le=1000)
     min_replicas: int = Field(0, ge=0)
     max_replicas: int | None = Field(None, ge=1)
@@ -82,8 +89,11 @@ class StageSpec(_Model):
     def container_command(self) -> tuple[list[str], list[str]]:
         """(command, args) of the worker container; default `conveyor-<name>`, the entry point
         of every Conveyor stage image."""
-        command = list(self.command) if self.command is not None else [f"conveyor-{self.name}"]
-        return command, list(self.args or ())
+        if self.command is not None:
+            return list(self.command), list(self.args or ())
+        if self.handler is not None:
+            return ["conveyor-stage", self.name, self.handler], list(self.args or ())
+        return [f"conveyor-{self.name}"], list(self.args or ())
 
 
 class PipelineSpec(_Model):
@@ -103,6 +113,48 @@ class PipelineSpec(_Model):
 
     def stage(self, name: str) -> StageSpec:
         return next(s for s in self.stages if s.name == name)
+
+    def following(self, stage: StageSpec) -> StageSpec | None:
+        """The stage that reads this one's outputs: the one whose input is its outputTopic, else
+        the next in the list; None for the last stage."""
+        later = self.stages[self.stages.index(stage) + 1:]
+        if stage.output_topic is not None:
+            return next((s for s in later if self.input_topic(s) == stage.output_topic), None)
+        return later[0] if later else None
+
+    def bindings_env(self, stage: StageSpec) -> dict[str, str]:
+        """The `CONVEYOR_*` variables that bind one stage's worker into this pipeline."""
+        following = self.following(stage)
+        notifier = next((s for s in self.stages if s.name == NOTIFIER), None)
+        return {
+            "CONVEYOR_STAGE": stage.name,
+            "CONVEYOR_TOPIC_PREFIX": self.kafka.topic_prefix,
+            "CONVEYOR_PIPELINE_STAGES": ",".join(s.name for s in self.stages),
+            "CONVEYOR_INPUT_TOPIC": self.input_topic(stage),
+            # Empty: the last stage, whose outputs complete the job.
+            "CONVEYOR_OUTPUT_TOPIC": self.input_topic(following) if following else "",
+            "CONVEYOR_NEXT_STAGE": following.name if following else "",
+            "CONVEYOR_DLQ_TOPIC": self.dlq_topic(stage),
+            "CONVEYOR_CONSUMER_GROUP": self.consumer_group(stage),
+            "CONVEYOR_NOTIFY_TOPIC": self.input_topic(notifier) if notifier and notifier is not stage else "",
+        }
+
+    def stage_env(self, stage: StageSpec) -> dict[str, str]:
+        """What the spec sets for one stage's worker, on any runtime: its bindings and its
+        summarizer options (the stage's own `env` list comes after, and wins)."""
+        env = self.bindings_env(stage)
+        if stage.summarizer is not None:
+            optional = {
+                "CONVEYOR_SUMMARIZER_BACKEND": stage.summarizer.backend,
+                "CONVEYOR_OPENAI_BASE_URL": stage.summarizer.openai_base_url,
+                "CONVEYOR_OPENAI_MODEL": stage.summarizer.openai_model,
+            }
+            env |= {k: v for k, v in optional.items() if v is not None}
+        return env
+
+    def topics(self) -> list[str]:
+        """Every stage's input and dead-letter topic."""
+        return [t for s in self.stages for t in (self.input_topic(s), self.dlq_topic(s))]
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:
@@ -125,9 +177,18 @@ def _cross_field_problems(spec: PipelineSpec) -> list[str]:
             problems.append(f"{at}.name: stage {stage.name!r} is already defined at spec.stages[{seen_names[stage.name]}]")
         seen_names.setdefault(stage.name, index)
         topic = spec.input_topic(stage)
+        if index == 0 and topic != input_topic(stage.name, spec.kafka.topic_prefix):
+            problems.append(f"{at}.inputTopic: the first stage reads what the gateway sends, "
+                            f"{input_topic(stage.name, spec.kafka.topic_prefix)!r}; remove inputTopic")
         if topic in seen_topics:
             problems.append(f"{at}.inputTopic: topic {topic!r} is already the input of spec.stages[{seen_topics[topic]}]")
         seen_topics.setdefault(topic, index)
+        if stage.output_topic is not None and spec.following(stage) is None:
+            later = [spec.input_topic(s) for s in spec.stages[index + 1:]]
+            problems.append(f"{at}.outputTopic: {stage.output_topic!r} is not the input of a later stage "
+                            f"({', '.join(later) or 'none follows'}); remove it to write to the next stage")
+        if stage.handler is not None and stage.command is not None:
+            problems.append(f"{at}.handler: a stage runs its handler or its command, not both; remove one")
         if stage.max_replicas is not None and stage.max_replicas > stage.partitions:
             problems.append(
                 f"{at}.maxReplicas: {stage.max_replicas} exceeds {at}.partitions ({stage.partitions}) "
