@@ -5,11 +5,10 @@ The LLM is sent every block of the document but boilerplate. A text that fits in
 chunks of that size (mapreduce.py), at most CONVEYOR_OPENAI_MAP_CONCURRENCY calls of it at once.
 
 Endpoints are tried in order: the primary (CONVEYOR_OPENAI_BASE_URL), then each fallback while the
-ones before it are down. Each endpoint has its own circuit breaker and its own pace (calls in
-flight learned from 429s, optional per-minute budgets). Failures are classified: the endpoint
-failing (connection refused, timeout, 5xx) is `DependencyUnavailable`, which the stage runtime
-waits out without charging the record; a 429 is the endpoint's pace, waited out the same way; the
-request being refused (other 4xx) is a PermanentError; an unusable answer a TransientError.
+ones before it are down. Each endpoint has its own circuit breaker and pace, and its failures
+are classified as `conveyor.openai_endpoints` says: the endpoint failing or rate limiting is
+waited out by the stage runtime without charging the record, the request being refused is a
+PermanentError, an unusable answer a TransientError.
 
 A single call raises those to the stage runtime. The calls of a map-reduce wait out outages and
 429s themselves, one by one, so the chunks already done are kept; only when every endpoint's
@@ -19,52 +18,27 @@ small in-process cache, so the record's next attempt does not pay again for its 
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
-import httpx2
-import openai
 import punkt
 from openai.types.chat import ChatCompletion
 
-from conveyor.breakers import Breaker, Breakers, DependencyFailure, DependencyUnavailable, first_usable
+from conveyor.breakers import Breakers, DependencyUnavailable, first_usable
 from conveyor.document import Document
-from conveyor.errors import PermanentError, TransientError
+from conveyor.errors import TransientError
 from conveyor.kafka.backoff import backoff_delay
 from conveyor.metrics import LLM_LATENCY, LLM_TOKENS
-from conveyor.pacing import Pace
+from conveyor.openai_endpoints import Endpoint, open_endpoint, paced_call
 from conveyor.settings import Settings
 
 from .base import Summary, SummarizerBackend
 from .chunks import SEPARATOR, chunk_texts
 from .mapreduce import AnswerCache, Flight, MapReduce, Prompt, retry_on_its_own, whole_prompt
 
-RETRY_AFTER_CAP_SECONDS = 60.0
 # Map-reduce answers kept for a record's next attempt: a few long documents' worth, a few MB at most.
 CACHE_ENTRIES = 512
-
-# Status codes that say the server is unwell or busy, not that the request is wrong.
-_UNAVAILABLE_STATUS = frozenset({408, 409, 425})
-
-
-class _RateLimited(Exception):
-    def __init__(self, retry_after: float | None) -> None:
-        super().__init__(f"LLM answered 429 (retry after {retry_after}s)")
-        self.retry_after = retry_after
-
-
-@dataclass
-class Endpoint:
-    """One OpenAI-compatible server with its breaker and pace."""
-
-    name: str  # "llm <host>/<path>": no credentials, safe to log and to show
-    model: str
-    client: openai.AsyncOpenAI
-    breaker: Breaker
-    pace: Pace
 
 
 @dataclass(frozen=True)
@@ -90,11 +64,6 @@ class Tally:
         self.completion_tokens += (usage.completion_tokens or 0) if usage else 0
 
 
-def endpoint_name(base_url: str) -> str:
-    parts = urlsplit(base_url)
-    return f"llm {parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path.rstrip('/')}"
-
-
 def llm_texts(document: Document) -> list[str]:
     """What the LLM reads: every block but boilerplate (navigation, licence text)."""
     return [block.text for block in document.blocks if block.kind != "boilerplate"]
@@ -114,26 +83,11 @@ class OpenAIBackend(SummarizerBackend):
         breakers = breakers or Breakers.from_settings(settings)
         urls = [settings.openai_base_url, *settings.openai_fallback_base_urls]
         self.endpoints = [
-            self._endpoint(settings, url, settings.openai_model if index == 0 else
-                           settings.openai_fallback_model or settings.openai_model, breakers)
+            open_endpoint(settings, url, settings.openai_model if index == 0 else
+                          settings.openai_fallback_model or settings.openai_model, breakers)
             for index, url in enumerate(urls)
         ]
         self._splitter = punkt.tokenizer_for("english", line_breaks="paragraph", prefixes=True)
-
-    @staticmethod
-    def _endpoint(settings: Settings, base_url: str | None, model: str, breakers: Breakers) -> Endpoint:
-        client = openai.AsyncOpenAI(
-            base_url=base_url,
-            api_key=settings.openai_api_key.get_secret_value(),
-            timeout=settings.openai_timeout_seconds,
-            # Retries are the pipeline's: waiting out a 429 or an outage then holds no slot.
-            max_retries=0,
-        )
-        name = endpoint_name(str(client.base_url))
-        pace = Pace(name, max_concurrency=settings.openai_max_concurrency,
-                    requests_per_minute=settings.openai_requests_per_minute,
-                    tokens_per_minute=settings.openai_tokens_per_minute)
-        return Endpoint(name, model, client, breakers[name], pace)
 
     def blocked(self) -> str | None:
         """Every endpoint is down: the summarizer can do nothing until one is back."""
@@ -210,63 +164,29 @@ class OpenAIBackend(SummarizerBackend):
 
     async def _call(self, endpoint: Endpoint, prompt: Prompt, tally: Tally) -> Answer:
         """One call, inside the endpoint's pace and breaker."""
-        async with endpoint.pace.slot(tokens=prompt.estimated_tokens) as level:
-            loop = asyncio.get_running_loop()
-            started, outcome = loop.time(), "error"
-            try:
-                async with endpoint.breaker.call():
-                    completion = await self._complete(endpoint, prompt)
-                endpoint.pace.succeeded(level=level)
-                _record_usage(completion)
-                tally.count(completion)  # paid for, even if its answer is empty
-                outcome = "ok"
-                return Answer(_answer_text(completion), completion, endpoint)
-            except _RateLimited as exc:
-                outcome = "rate_limited"
-                endpoint.pace.rate_limited(exc.retry_after, level=level)
-                raise endpoint.breaker.unavailable(f"{endpoint.name} is rate limiting (429)",
-                                                   retry_after=exc.retry_after) from None
-            finally:
-                LLM_LATENCY.labels(backend=self.name, outcome=outcome).observe(loop.time() - started)
+        completion = await paced_call(endpoint, lambda: self._complete(endpoint, prompt),
+                                      tokens=prompt.estimated_tokens, observe=self._observe)
+        _record_usage(completion)
+        tally.count(completion)  # paid for, even if its answer is empty
+        return Answer(_answer_text(completion), completion, endpoint)
+
+    def _observe(self, outcome: str, seconds: float) -> None:
+        LLM_LATENCY.labels(backend=self.name, outcome=outcome).observe(seconds)
 
     async def close(self) -> None:
         for endpoint in self.endpoints:
             await endpoint.client.close()
 
     async def _complete(self, endpoint: Endpoint, prompt: Prompt) -> ChatCompletion:
-        """One chat completion; SDK errors become DependencyFailure, _RateLimited or PermanentError."""
-        try:
-            return await endpoint.client.chat.completions.create(
-                model=endpoint.model,
-                messages=[
-                    {"role": "system", "content": prompt.system},
-                    {"role": "user", "content": prompt.text},
-                ],
-                temperature=0,
-                max_tokens=prompt.max_tokens,
-            )
-        except openai.APIStatusError as exc:
-            if exc.status_code == 429:
-                raise _RateLimited(_retry_after(exc.response)) from exc
-            if exc.status_code in _UNAVAILABLE_STATUS or exc.status_code >= 500:
-                raise DependencyFailure(f"{endpoint.name} answered HTTP {exc.status_code}",
-                                        retry_after=_retry_after(exc.response)) from exc
-            raise PermanentError(f"LLM rejected the request with HTTP {exc.status_code}: {exc.message}") from exc
-        except openai.APITimeoutError as exc:
-            raise DependencyFailure(f"{endpoint.name} timed out") from exc
-        except openai.APIConnectionError as exc:
-            raise DependencyFailure(f"cannot reach {endpoint.name}: {type(exc.__cause__ or exc).__name__}") from exc
-        except openai.OpenAIError as exc:  # malformed answers and other SDK-side failures
-            raise TransientError(f"LLM call failed: {exc}") from exc
-
-
-def _retry_after(response: httpx2.Response) -> float | None:
-    """Seconds the server asked to wait (Retry-After in seconds), capped; None when it did not say."""
-    try:
-        seconds = float(response.headers.get("retry-after", ""))
-    except ValueError:
-        return None
-    return min(max(seconds, 0.0), RETRY_AFTER_CAP_SECONDS)
+        return await endpoint.client.chat.completions.create(
+            model=endpoint.model,
+            messages=[
+                {"role": "system", "content": prompt.system},
+                {"role": "user", "content": prompt.text},
+            ],
+            temperature=0,
+            max_tokens=prompt.max_tokens,
+        )
 
 
 def _answer_text(completion: ChatCompletion) -> str:
