@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
+from conveyor.cli.pipeline_file import default_pipeline
 from conveyor.cli.supervisor import plan_children, write_prometheus_targets
-from conveyor.settings import Settings
 from conveyor.cli.embedded_broker import free_port
 from prometheus_server import PrometheusServer
 
@@ -35,8 +35,8 @@ def exporter() -> Iterator[int]:
 def prometheus(exporter: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
     # The same file `conveyor up` writes: gateway and one extractor worker, here both on `exporter`.
     home = tmp_path_factory.mktemp("conveyor-home")
-    settings = Settings(home=home)
-    children = plan_children(settings, {"extractor": 1, "summarizer": 0, "notifier": 0},
+    _, pipeline = default_pipeline()
+    children = plan_children(pipeline, {"extractor": 1, "summarizer": 0, "notifier": 0},
                              base_metrics_port=exporter, log_dir=home, env={})
     assert [c.env["CONVEYOR_METRICS_PORT"] for c in children] == [str(exporter), str(exporter + 1)]
     for child in children:
