@@ -237,6 +237,16 @@ async def test_update_stage_is_idempotent(store: JobStore) -> None:
     assert loaded.stages["extractor"].attempts == 2
 
 
+async def test_a_stage_done_gives_the_job_its_outputs_meta(store: JobStore) -> None:
+    record = _record()
+    await store.create(record.model_copy(update={"meta": {"kind": "text"}}))
+    await store.update_stage(record.job_id, "embedder", StageState.running, attempts=1, meta={"ignored": 1})
+    await store.update_stage(record.job_id, "embedder", StageState.done, attempts=1,
+                             meta={"kind": "text", "embedded_chunks": 3})
+    loaded = await store.get(record.job_id)
+    assert loaded is not None and loaded.meta == {"kind": "text", "embedded_chunks": 3}
+
+
 async def test_writes_to_unknown_jobs_create_nothing(store: JobStore) -> None:
     await store.update_stage("ghost", "extractor", StageState.running, attempts=1)
     await store.complete("ghost", summary="nothing")

@@ -253,7 +253,13 @@ def test_built_objects_validate(path: Path, keda: jsonschema.Validator, redpanda
 
 
 def test_deployment_runs_the_stage_worker_with_its_bindings() -> None:
-    spec = parse_spec(example(EXAMPLES[1])["spec"])
+    raw = example(EXAMPLES[1])["spec"]
+    (stage,) = [s for s in raw["stages"] if s["name"] == "summarizer"]
+    stage["summarizer"] = {"backend": "openai", "openaiBaseUrl": "http://vllm.llm.svc.cluster.local:8000/v1",
+                           "openaiModel": "Qwen/Qwen2.5-7B-Instruct"}
+    stage["env"] = [{"name": "CONVEYOR_OPENAI_API_KEY",
+                     "valueFrom": {"secretKeyRef": {"name": "conveyor-openai", "key": "api-key"}}}]
+    spec = parse_spec(raw)
     summarizer = spec.stage("summarizer")
     deployment = build_deployment(spec, summarizer, OWNER)
     pod = deployment["spec"]["template"]

@@ -127,6 +127,47 @@ def test_a_two_stage_pipeline_from_its_file_completes_200_jobs(tmp_path: Path) -
     assert {tuple(status["stages"]) for status in ended.values()} == {("extractor", "notifier")}
 
 
+@pytest.mark.slow
+def test_the_embedder_pipeline_from_its_file_completes_200_jobs_with_one_point_per_chunk(tmp_path: Path) -> None:
+    """extractor -> embedder -> summarizer -> notifier; the embedder is SIGKILLed mid-run, and the
+    records it had in hand, delivered again, rewrite their points instead of adding copies."""
+    up, url, home = _up(tmp_path, "-f", str(EXAMPLES / "pipeline-with-embedder.yaml"), "--workers", "2")
+    try:
+        children = psutil.Process(up.pid).children()
+        embedders = [c for c in children if "conveyor.embedder" in c.cmdline()]
+        assert len(embedders) == 1 and len(children) == 1 + 1 + 2 + 1 + 2 + 2  # one process: embedded Qdrant
+        with _client(url, home) as client:
+            jobs = []
+            for seed in range(200):
+                sentences = 60 if seed % 10 == 0 else 4  # every tenth document is several chunks
+                answer = client.post("/submit", json={"user_id": "u", "content": english_text(seed=seed, sentences=sentences)})
+                assert answer.status_code == 202, answer.text
+                jobs.append(answer.json()["job_id"])
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and client.get(f"/jobs/{jobs[20]}").json()["stages"]["embedder"]["state"] != "done":
+                time.sleep(0.05)
+            embedders[0].kill()
+            ended = _wait_for_end(client, jobs, 300)
+    finally:
+        output = _stop(up)
+    assert "embedder-1 exited with code -9; restarting" in output, output[-3000:]
+    assert len(ended) == 200, f"{200 - len(ended)} jobs never ended: {output[-2000:]}"
+    assert {status["status"] for status in ended.values()} == {"completed"}
+    assert {tuple(status["stages"]) for status in ended.values()} == {("extractor", "embedder", "summarizer", "notifier")}
+    chunks = {job: ended[job]["meta"]["embedded_chunks"] for job in jobs}
+    assert all(count >= 1 for count in chunks.values()) and max(chunks.values()) > 3, chunks
+    from qdrant_client import QdrantClient, models
+
+    store = QdrantClient(path=str(home / "qdrant"))
+    try:
+        for job in jobs:
+            only_job = models.Filter(must=[models.FieldCondition(key="job_id", match=models.MatchValue(value=job))])
+            assert store.count("conveyor_chunks", count_filter=only_job).count == chunks[job], job
+        assert store.count("conveyor_chunks").count == sum(chunks.values())
+    finally:
+        store.close()
+
+
 REDACTOR = '''
 import asyncio
 import re

@@ -1,7 +1,8 @@
 """A real OpenAI-compatible HTTP server on 127.0.0.1 for tests, with scriptable faults.
 
 `POST /v1/chat/completions` answers with the first N sentences of the user message (N read from
-the "exactly N sentence(s)" instruction) plus `usage` (a token a word). Queue replies with
+the "exactly N sentence(s)" instruction) plus `usage` (a token a word); `POST /v1/embeddings`
+answers each input with a vector of `EMBEDDING_SIZE` derived from its text, the same on every call. Queue replies with
 `script()` to make the next requests fail (429 with Retry-After, 5xx, 400, slow or empty answers);
 once the queue is empty every request succeeds, or is answered by `fallback` when one is set (a
 policy such as a random storm of 429s). Every request received is recorded in `requests`, every
@@ -11,6 +12,8 @@ answer in `answers`, the `usage` of each summary in `usages`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import math
 import re
 import socket
 import threading
@@ -111,6 +114,13 @@ class FakeOpenAI:
 
         @app.post("/v1/chat/completions")
         async def chat_completions(request: Request) -> JSONResponse:
+            return await answer(request, _completion)
+
+        @app.post("/v1/embeddings")
+        async def embeddings(request: Request) -> JSONResponse:
+            return await answer(request, _embeddings)
+
+        async def answer(request: Request, make: Callable[[dict[str, Any], str | None], dict[str, Any]]) -> JSONResponse:
             body = await request.json()
             reply = self._next(Received(time.monotonic(), body, dict(request.headers)))
             if reply.delay:
@@ -127,7 +137,7 @@ class FakeOpenAI:
                 headers = {} if reply.retry_after is None else {"retry-after": str(reply.retry_after)}
                 error = {"message": f"scripted HTTP {reply.status}", "type": "test_error", "code": None}
                 return JSONResponse({"error": error}, status_code=reply.status, headers=headers)
-            completion = _completion(body, reply.content)
+            completion = make(body, reply.content)
             if reply.usage:
                 with self._lock:
                     self.usages.append(completion["usage"])
@@ -162,6 +172,29 @@ class FakeOpenAI:
         if self._server is not None and self._thread is not None:
             self._server.should_exit = True
             self._thread.join(timeout=10)
+
+
+EMBEDDING_SIZE = 8
+
+
+def embedding_of(text: str) -> list[float]:
+    """The fake model's vector of `text`: unit length, from its SHA-256."""
+    digest = hashlib.sha256(text.encode("utf-8")).digest()
+    raw = [digest[i] - 127.5 for i in range(EMBEDDING_SIZE)]
+    norm = math.sqrt(sum(x * x for x in raw))
+    return [x / norm for x in raw]
+
+
+def _embeddings(body: dict[str, Any], content: str | None) -> dict[str, Any]:
+    texts = body.get("input", [])
+    texts = [texts] if isinstance(texts, str) else texts
+    tokens = sum(len(str(text).split()) for text in texts)
+    return {
+        "object": "list",
+        "model": body.get("model", "fake-embedding-model"),
+        "data": [{"object": "embedding", "index": i, "embedding": embedding_of(str(text))} for i, text in enumerate(texts)],
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }
 
 
 def _completion(body: dict[str, Any], content: str | None) -> dict[str, Any]:

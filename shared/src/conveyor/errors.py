@@ -7,3 +7,8 @@ class PermanentError(Exception):
 
 class TransientError(Exception):
     """Worth retrying with backoff (timeouts, 429, 5xx, broker hiccups)."""
+
+
+class ConfigurationError(Exception):
+    """A stage cannot start as configured (a missing extra, a vector store of another model): its
+    message says what to change; the worker exits with it, no traceback."""

@@ -66,15 +66,20 @@ PIPELINE_BACKLOG = Gauge(
     "conveyor_pipeline_backlog", "Records waiting in the most backed-up stage, as the gateway last measured."
 )
 
-# --- Summarizer backends ---------------------------------------------------------------------
+# --- Model servers (summarizer, embedder) -------------------------------------------------------
 LLM_LATENCY = Histogram(
-    "conveyor_llm_request_duration_seconds", "Summarizer backend call latency.",
+    "conveyor_llm_request_duration_seconds", "Latency of calls to model servers (summaries, embeddings).",
     ["backend", "outcome"], buckets=LATENCY_BUCKETS,
 )
 LLM_TOKENS = Counter("conveyor_llm_tokens_total", "Tokens reported by the LLM.", ["kind"])
 LLM_RATE_LIMITED = Counter("conveyor_llm_rate_limited_total", "429 answers from the LLM.")
 LLM_CONCURRENCY_LIMIT = Gauge(
     "conveyor_llm_concurrency_limit", "Calls an LLM endpoint is given at once, as learned from its 429s.", ["endpoint"]
+)
+
+# --- Embedder ---------------------------------------------------------------------------------
+CHUNKS_EMBEDDED = Counter(
+    "conveyor_chunks_embedded_total", "Document chunks embedded and written to the vector store.", ["backend"]
 )
 
 # --- Notifier ----------------------------------------------------------------------------------

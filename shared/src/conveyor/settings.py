@@ -164,6 +164,25 @@ class Settings(BaseSettings):
         4, ge=1, description="Most chunk calls of one long document in flight at once (the endpoint's CONVEYOR_OPENAI_MAX_CONCURRENCY still applies)."
     )
 
+    # --- Embedder ----------------------------------------------------------------------------
+    embedder_backend: Literal["minilm", "openai"] = Field(
+        "minilm", description="minilm (the packaged all-MiniLM-L6-v2, offline; the embedder's minilm extra) or openai (any OpenAI-compatible embeddings API)."
+    )
+    embed_chunk_chars: int = Field(1000, ge=100, le=20_000, description="Longest chunk of a document, in characters; chunks hold whole blocks where they fit.")
+    embed_max_chunks: int = Field(
+        2000, ge=1, description="Most chunks embedded per document; the rest are counted in the job's meta (chunks_not_embedded), not embedded."
+    )
+    embed_batch_size: int = Field(16, ge=1, le=2048, description="Chunks embedded per model call.")
+    embeddings_base_url: str | None = Field(
+        None, description="OpenAI-compatible embeddings API base URL (TEI, vLLM, OpenAI); its key is CONVEYOR_OPENAI_API_KEY."
+    )
+    embeddings_model: str = Field("text-embedding-3-small", description="Model name sent to the embeddings endpoint.")
+    qdrant_url: str | None = Field(None, description="Qdrant server URL; empty = Qdrant embedded in the embedder, in CONVEYOR_QDRANT_PATH (one embedder process).")
+    qdrant_api_key: SecretStr | None = Field(None, description="Qdrant API key (secret).")
+    qdrant_path: Path | None = Field(None, description="Folder of the embedded Qdrant; default: <home>/qdrant.")
+    qdrant_collection: str = Field("conveyor_chunks", min_length=1, description="Collection the chunks' vectors are written to.")
+    qdrant_timeout_seconds: int = Field(10, ge=1, description="Per-request Qdrant server timeout, whole seconds.")
+
     # --- Notifier ----------------------------------------------------------------------------
     webhook_secret: SecretStr | None = Field(
         None, description="Master key of the tenants' webhook secrets (secret; two, comma separated, while rotating); the notifier needs it. conveyor up makes one in <home>/webhook-secret."
@@ -220,6 +239,9 @@ class Settings(BaseSettings):
 
     def resolved_blob_dir(self) -> Path:
         return self.blob_dir or self.home / "blobs"
+
+    def resolved_qdrant_path(self) -> Path:
+        return self.qdrant_path or self.home / "qdrant"
 
     def resolved_api_keys_file(self) -> Path:
         return self.api_keys_file or self.home / "api-keys.json"

@@ -16,7 +16,9 @@ if TYPE_CHECKING:
     from conveyor.settings import Settings
 
 DEFAULT_STAGES: tuple[str, ...] = ("extractor", "summarizer", "notifier")
-STAGES = DEFAULT_STAGES  # the built-in stages, each its own service
+STAGES = DEFAULT_STAGES  # the default pipeline's stages
+# Every stage Conveyor ships, each its own service and image; the embedder is optional.
+BUILT_IN_STAGES: tuple[str, ...] = ("extractor", "embedder", "summarizer", "notifier")
 NOTIFIER = "notifier"  # the stage that tells callbacks how their jobs ended
 
 _INPUT_SUFFIX = {"extractor": "extract", "summarizer": "summarize", "notifier": "notify"}

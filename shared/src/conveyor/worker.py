@@ -11,6 +11,7 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 from conveyor import tracing
+from conveyor.errors import ConfigurationError
 from conveyor.health import serve_probes
 from conveyor.kafka.admin import ensure_topics, wait_for_broker
 from conveyor.kafka.stage import Stage, StageWorker
@@ -36,7 +37,11 @@ def main(stage_name: str, build_stage: StageFactory) -> int:
     except BindingError as exc:
         print(f"conveyor-{stage_name}: {exc}", file=sys.stderr)
         return 2
-    asyncio.run(run_worker(stage_name, build_stage, settings))
+    try:
+        asyncio.run(run_worker(stage_name, build_stage, settings))
+    except ConfigurationError as exc:
+        print(f"conveyor-{stage_name}: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -487,7 +487,8 @@ class StageWorker:
                 blob = output.payload.blob
                 await self.store.transform(event.job_id, lambda r: with_blob(r, blob))
             await self._send(bindings.output_topic, output.model_copy(update={"stage": bindings.next_stage}))
-        await self.store.update_stage(event.job_id, stage, StageState.done, attempts=attempt)
+        await self.store.update_stage(event.job_id, stage, StageState.done, attempts=attempt,
+                                      meta=output.meta if output is not None else None)
 
     async def _delete_blobs(self, job_id: str) -> None:
         """Nothing reads a completing job's blobs any more: they go before it completes, so a

@@ -189,14 +189,15 @@ class JobStore(abc.ABC):
 
     async def update_stage(
         self, job_id: str, stage: str, state: StageState, *, attempts: int = 0, error: str | None = None,
-        waiting_for: str | None = None,
+        waiting_for: str | None = None, meta: dict[str, Any] | None = None,
     ) -> None:
         """Record a stage's progress; marks the job running, waiting, or failed when the stage failed.
-        `waiting` sets the attempt count as given: the attempt an outage interrupted is given back."""
+        `waiting` sets the attempt count as given: the attempt an outage interrupted is given back.
+        A stage done gives the job its output's `meta`, so the status shows what it found."""
         from conveyor.stores import records
 
         await self.transform(job_id, lambda r: records.with_stage(r, stage, state, attempts=attempts, error=error,
-                                                                  waiting_for=waiting_for))
+                                                                  waiting_for=waiting_for, meta=meta))
 
     async def complete(self, job_id: str, *, summary: str, meta: dict[str, Any] | None = None) -> None:
         from conveyor.stores import records

@@ -9,8 +9,9 @@ from conveyor.stores.base import Claim, JobRecord, JobState, StageProgress, Stag
 
 
 def with_stage(record: JobRecord, stage: str, state: StageState, *, attempts: int, error: str | None,
-               waiting_for: str | None = None) -> JobRecord:
-    """The record after a stage reports progress. Finished jobs stay finished (redeliveries)."""
+               waiting_for: str | None = None, meta: dict[str, Any] | None = None) -> JobRecord:
+    """The record after a stage reports progress (and, done, the job's meta as its output has
+    it). Finished jobs stay finished (redeliveries)."""
     if record.state == JobState.cancelled:
         return record  # nothing is written for a cancelled job
     now = utcnow()
@@ -36,7 +37,10 @@ def with_stage(record: JobRecord, stage: str, state: StageState, *, attempts: in
         job_state, error_text = JobState.running, None
     else:
         error_text = record.error
-    return record.model_copy(update={"stages": stages, "state": job_state, "error": error_text, "updated_at": now})
+    update = {"stages": stages, "state": job_state, "error": error_text, "updated_at": now}
+    if meta is not None and state == StageState.done and job_state != JobState.completed:
+        update["meta"] = {**record.meta, **meta}
+    return record.model_copy(update=update)
 
 
 def completed(record: JobRecord, *, summary: str, meta: dict[str, Any] | None) -> JobRecord:

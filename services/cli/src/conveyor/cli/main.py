@@ -12,7 +12,7 @@ from pathlib import Path
 from conveyor.cli import running
 from conveyor.cli.services import ServiceNotInstalled, service_argv
 from conveyor.settings import Settings, load_settings
-from conveyor.topics import STAGES
+from conveyor.topics import BUILT_IN_STAGES
 
 
 
@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
                     help="run this Pipeline resource (the file kubectl applies, e.g. k8s/examples/pipeline.yaml); "
                          "default: the built-in extractor -> summarizer -> notifier")
     up.add_argument("--workers", type=int, default=1, metavar="N", help="processes per worker stage (default 1)")
-    for stage in STAGES:
+    for stage in BUILT_IN_STAGES:
         up.add_argument(f"--{stage}s", type=int, metavar="N", dest=f"{stage}_workers",
                         help=f"processes of the {stage} stage (overrides --workers)")
     up.add_argument("--external-broker", action="store_true",
@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run one worker process of a stage (as conveyor-<stage>)",
                             description="Run one worker of a built-in stage, or of your own stage with --handler. "
                                         "Its bindings (topics, consumer group) come from CONVEYOR_* variables.")
-    worker.add_argument("stage", help=f"the stage's name: {', '.join(STAGES)}, or your own with --handler")
+    worker.add_argument("stage", help=f"the stage's name: {', '.join(BUILT_IN_STAGES)}, or your own with --handler")
     worker.add_argument("--handler", metavar="MODULE:FUNCTION",
                         help="your stage's async function event -> output event (or None), e.g. mystages.redact:handle; "
                              "imported from the current directory or PYTHONPATH")
@@ -134,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_worker(stage: str, handler: str | None) -> int:
     if handler is None:
-        if stage not in STAGES:
-            print(f"conveyor worker: {stage!r} is not a built-in stage ({', '.join(STAGES)}); "
+        if stage not in BUILT_IN_STAGES:
+            print(f"conveyor worker: {stage!r} is not a built-in stage ({', '.join(BUILT_IN_STAGES)}); "
                   "run your own with --handler module:function", file=sys.stderr)
             return 2
         return _run_service(stage)
@@ -160,7 +160,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
 
         if args.trace_console:
             os.environ["CONVEYOR_TRACE_CONSOLE"] = "true"
-        from conveyor.cli.pipeline_file import PipelineFileError, default_pipeline, load_pipeline_file
+        from conveyor.cli.pipeline_file import PipelineFileError, default_pipeline, load_pipeline_file, single_process_stages
 
         try:
             _, pipeline = load_pipeline_file(args.file) if args.file else default_pipeline()
@@ -171,6 +171,11 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             pipeline = pipeline.model_copy(update={"kafka": pipeline.kafka.model_copy(
                 update={"topic_prefix": settings.topic_prefix})})
         workers = {s.name: getattr(args, f"{s.name}_workers", None) or args.workers for s in pipeline.stages}
+        for name in single_process_stages(pipeline, os.environ):
+            if workers[name] > 1:
+                print(f"conveyor up: one {name} process, not {workers[name]}: its embedded Qdrant is one "
+                      "process's folder (set CONVEYOR_QDRANT_URL to use a Qdrant server)", file=sys.stderr)
+                workers[name] = 1
         return Supervisor(settings, pipeline, workers=workers, base_metrics_port=args.metrics_port,
                           embedded=not args.external_broker).run()
     if args.command in ("keys", "webhook-secret"):

@@ -8,6 +8,7 @@ runs the built-in pipeline in `pipelines/default.yaml`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 
@@ -68,3 +69,11 @@ def local_env(spec: PipelineSpec, stage: StageSpec) -> tuple[dict[str, str], lis
         elif var.value_from is not None:
             unresolved.append(var.name)
     return env, unresolved
+
+
+def single_process_stages(spec: PipelineSpec, environ: Mapping[str, str]) -> list[str]:
+    """Stages that run one process here: an embedder without a Qdrant server keeps its vectors in
+    an embedded Qdrant, a folder only one process may open."""
+    return [stage.name for stage in spec.stages
+            if stage.name == "embedder" and stage.handler is None and stage.command is None
+            and not (local_env(spec, stage)[0].get("CONVEYOR_QDRANT_URL") or environ.get("CONVEYOR_QDRANT_URL"))]

