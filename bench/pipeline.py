@@ -130,7 +130,8 @@ async def run_baseline(bootstrap: str, docs: list[str]) -> tuple[float, list[flo
 async def run_conveyor(bootstrap: str, docs: list[str], home: Path, extra_env: dict[str, str]) -> tuple[float, list[float]]:
     prefix = f"conv{uuid.uuid4().hex[:6]}"
     env = {**os.environ, "CONVEYOR_BOOTSTRAP_SERVERS": bootstrap, "CONVEYOR_TOPIC_PREFIX": prefix,
-           "CONVEYOR_HOME": str(home), "CONVEYOR_PARTITIONS": "6", "CONVEYOR_LOG_LEVEL": "WARNING", **extra_env}
+           "CONVEYOR_HOME": str(home), "CONVEYOR_PARTITIONS": "6", "CONVEYOR_LOG_LEVEL": "WARNING",
+           "CONVEYOR_WEBHOOK_SECRET": "bench-secret", **extra_env}
     settings = Settings(bootstrap_servers=bootstrap, topic_prefix=prefix, home=home, partitions=6)
     workers = [subprocess.Popen([sys.executable, "-m", "conveyor.cli.main", "worker", stage], env=env)
                for stage in STAGES]

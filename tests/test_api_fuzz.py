@@ -25,8 +25,9 @@ pytestmark = pytest.mark.slow
 schema = schemathesis.openapi.from_dict(create_app(Settings()).openapi())
 # Schema-valid but refused by meaning, not shape: an upload's bytes must be a document (415 for
 # random bytes; real documents are accepted in test_pipeline_e2e), and a job that does not exist
-# cannot have its webhook re-sent or be cancelled (404/409).
-ACCEPTANCE_NOT_EXPECTED = {("POST", "/upload"), ("POST", "/jobs/{job_id}/redeliver"), ("DELETE", "/jobs/{job_id}")}
+# cannot have its webhook re-sent, be cancelled or be followed (404/409).
+ACCEPTANCE_NOT_EXPECTED = {("POST", "/upload"), ("POST", "/jobs/{job_id}/redeliver"), ("DELETE", "/jobs/{job_id}"),
+                           ("GET", "/jobs/{job_id}/events")}
 
 
 @pytest.fixture(scope="module")

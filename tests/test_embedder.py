@@ -111,6 +111,33 @@ async def test_minilm_backend_keeps_input_order_across_batches() -> None:
         assert float(np.dot(vector, single)) > 0.9999
 
 
+async def test_minilm_batches_the_texts_of_concurrent_records_together_and_drops_cancelled_ones() -> None:
+    backend = MiniLMBackend(Settings(embed_batch_size=8))
+    batches: list[list[str]] = []
+    encode = backend._model.encode
+
+    def counted(texts: list[str]) -> np.ndarray:
+        batches.append(list(texts))
+        return encode(texts)
+
+    backend._model.encode = counted  # type: ignore[method-assign]
+    try:
+        records = [[f"record {r} chunk {c}" for c in range(2)] for r in range(4)]
+        results = await asyncio.gather(*[backend.embed(texts) for texts in records])
+        assert [len(b) for b in batches] == [8]  # four records, one batch
+        assert all(len(vectors) == 2 for vectors in results)
+        batches.clear()
+        first = asyncio.create_task(backend.embed(["kept one"]))
+        doomed = asyncio.create_task(backend.embed([f"dropped {i}" for i in range(20)]))
+        await asyncio.sleep(0)
+        doomed.cancel()
+        await first
+        await asyncio.gather(doomed, return_exceptions=True)
+        assert not any(text.startswith("dropped") for batch in batches for text in batch), batches
+    finally:
+        await backend.close()
+
+
 # --- The OpenAI-compatible backend -----------------------------------------------------------------
 
 @pytest.fixture

@@ -41,6 +41,7 @@ async def test_requests_without_a_valid_credential_are_401_on_every_route(broker
             await client.delete("/jobs/anything", headers=headers),
             await client.post("/jobs/redeliver", json={"since": "2026-01-01T00:00:00Z"}, headers=headers),
             await client.post("/jobs/anything/redeliver", headers=headers),
+            await client.get("/jobs/anything/events", headers=headers),
             await client.get("/no-such-route", headers=headers),
         ]
         probes = [await client.get("/healthz"), await client.get("/readyz")]
@@ -61,10 +62,11 @@ async def test_the_tenant_comes_from_the_key_and_other_tenants_see_404(broker: s
         foreign = await client.get(f"/jobs/{job_id}", headers=bearer(globex))
         missing = await client.get("/jobs/0123456789abcdef", headers=bearer(globex))
         foreign_redeliver = await client.post(f"/jobs/{job_id}/redeliver", headers=bearer(globex))
+        foreign_events = await client.get(f"/jobs/{job_id}/events", headers=bearer(globex))
         smuggled = await submit(client, globex, tenant="acme")
     assert own.status_code == 200
     assert own.json()["tenant"] == "acme" and own.json()["user_id"] == "u1"  # user_id: the submitter's label
-    assert foreign.status_code == missing.status_code == foreign_redeliver.status_code == 404
+    assert foreign.status_code == missing.status_code == foreign_redeliver.status_code == foreign_events.status_code == 404
     assert foreign.json()["detail"] == f"no job {job_id}" and missing.json()["detail"] == "no job 0123456789abcdef"
     assert smuggled.status_code == 422  # a body cannot name a tenant
 

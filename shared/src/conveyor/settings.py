@@ -114,6 +114,9 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: float = Field(
         86_400.0, gt=0, description="How long an Idempotency-Key of /submit and /upload returns its first request's job."
     )
+    tenant_max_event_streams: int = Field(16, ge=1, description="Open GET /jobs/{id}/events streams a tenant may hold per gateway process; past it 429.")
+    event_stream_poll_seconds: float = Field(0.5, gt=0, le=30, description="How often an event stream reads its job's status.")
+    event_stream_max_seconds: float = Field(3600.0, gt=0, description="Longest an event stream stays open; the client reconnects for more.")
     max_pipeline_lag: int | None = Field(
         None, ge=1, description="Records waiting in any stage past which /submit and /upload answer 503; empty = no bound."
     )

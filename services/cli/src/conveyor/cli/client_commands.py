@@ -10,6 +10,7 @@ import json
 import mimetypes
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -45,6 +46,8 @@ def run(args: argparse.Namespace, home: Path) -> int:
                 if args.failed_since is not None:
                     return redeliver_failed(client, args.failed_since)
                 return redeliver(client, args.job_id)
+            if args.follow:
+                return follow(client, args.job_id)
             return status(client, args.job_id)
     except Unauthorized:
         print("conveyor: the gateway refused the API key" if key else "conveyor: no API key", "- set CONVEYOR_API_KEY "
@@ -100,14 +103,56 @@ def _wait_for(client: httpx.Client, job_id: str, timeout: float) -> int:
                       "it resumes on its own", file=sys.stderr)
             last = progress
         if job["status"] in TERMINAL:
-            if job["status"] == "completed":
-                print(job["summary"])
-                return 0
-            print("job cancelled" if job["status"] == "cancelled" else f"job failed: {job['error']}", file=sys.stderr)
-            return 1
+            return _outcome(job)
         time.sleep(0.5)
     print(f"timed out after {timeout:.0f}s waiting for {job_id}", file=sys.stderr)
     return 3
+
+
+def follow(client: httpx.Client, job_id: str) -> int:
+    """Print the job's stage changes from its event stream until it ends; exit as `submit --wait`."""
+    final: dict | None = None
+    with client.stream("GET", f"/jobs/{job_id}/events", timeout=httpx.Timeout(60, read=None)) as response:
+        if response.status_code != 200:
+            response.read()
+            print(f"no job {job_id}" if response.status_code == 404 else
+                  f"error: gateway answered {response.status_code}: {response.text}", file=sys.stderr)
+            return 1
+        for event, data in _server_sent_events(response.iter_lines()):
+            if event == "status":
+                progress = ", ".join(f"{name}={s['state']}" for name, s in data["stages"].items())
+                print(f"  {data['status']}: {progress or 'queued'}", file=sys.stderr)
+            elif event == "stage":
+                waiting = f" (waiting for {data['waiting_for']})" if data.get("waiting_for") else ""
+                print(f"  {data['stage']}: {data['state']}, attempt {data['attempts']}{waiting}", file=sys.stderr)
+            elif event == "job":
+                print(f"  job {data['status']}", file=sys.stderr)
+            elif event == "end":
+                final = data
+    if final is None:  # the stream ended first (its time limit): where the job stands now
+        return _wait_for(client, job_id, timeout=float("inf"))
+    return _outcome(final)
+
+
+def _server_sent_events(lines: Iterator[str]) -> Iterator[tuple[str, dict]]:
+    event, data = "message", []
+    for line in lines:
+        if not line:
+            if data:
+                yield event, json.loads("\n".join(data))
+            event, data = "message", []
+        elif line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            data.append(line[5:].strip())
+
+
+def _outcome(job: dict) -> int:
+    if job["status"] == "completed":
+        print(job["summary"])
+        return 0
+    print("job cancelled" if job["status"] == "cancelled" else f"job failed: {job['error']}", file=sys.stderr)
+    return 1
 
 
 def status(client: httpx.Client, job_id: str) -> int:

@@ -71,6 +71,9 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="show a job's status")
     status.add_argument("job_id")
     status.add_argument("--url", default=None, help="gateway URL (as for submit)")
+    status.add_argument("--follow", action="store_true",
+                        help="print each stage's progress as it happens (the job's event stream) until the job "
+                             "ends; then the summary, or the error (exit 1)")
 
     redeliver = sub.add_parser("redeliver", help="send an ended job's webhook again, now (same webhook-id); "
                                                  "or, with --failed-since, every job's that failed since then")

@@ -32,6 +32,7 @@ from conveyor.gateway.answers import accepted, unavailable, validation_problem
 from conveyor.gateway.auth import Authenticate, Authenticator, Principal, caller
 from conveyor.gateway.idempotency import KEY_PATTERN
 from conveyor.gateway.intake import PRODUCE_TIMEOUT_MS, Intake
+from conveyor.gateway.job_events import EventStream, StreamSlots, TooManyStreams, job_events
 from conveyor.gateway.lag_exporter import export_lag_forever
 from conveyor.gateway.limits import BodyLimitMiddleware
 from conveyor.gateway.models import (
@@ -243,7 +244,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         found = await request.app.state.store.list_jobs(principal.tenant, state=state, since=_utc(since),
                                                         before=before, limit=limit + 1)
         page = found[:limit]
-        return JobPage(jobs=[_view(record) for record in page],
+        return JobPage(jobs=[JobView.of(record) for record in page],
                        next=page[-1].page_key() if len(found) > limit else None)
 
     # Before /jobs/{job_id}: the router answers 405 for this path from the first route that matches it.
@@ -259,7 +260,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/jobs/{job_id}", response_model=JobView, summary="A job's status, per stage",
              responses=problems(401, 404, 429))
     async def job_status(job_id: str, request: Request, principal: Annotated[Principal, Depends(caller)]) -> JobView:
-        return _view(await tenant_job(request, job_id, principal))
+        return JobView.of(await tenant_job(request, job_id, principal))
+
+    streams = StreamSlots(settings.tenant_max_event_streams)
+
+    # Not response_class=EventStream: the error answers are JSON, and FastAPI would document them
+    # under the route's media type.
+    @app.get("/jobs/{job_id}/events", summary="A job's progress as server-sent events, until it ends",
+             responses={200: {"description": "Events `status`, `stage`, `job`, then `end` (conveyor.gateway.job_events).",
+                              "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                        **problems(401, 404, 429)})
+    async def job_event_stream(job_id: str, request: Request,
+                               principal: Annotated[Principal, Depends(caller)]) -> EventStream:
+        record = await tenant_job(request, job_id, principal)
+        try:
+            release = streams.acquire(principal.tenant)
+        except TooManyStreams as exc:
+            raise HTTPException(429, str(exc), headers={"Retry-After": "5"}) from None
+        store = request.app.state.store
+        events = job_events(lambda: store.get(job_id), record, poll_seconds=settings.event_stream_poll_seconds,
+                            max_seconds=settings.event_stream_max_seconds)
+        return EventStream(events, release=release)
 
     @app.post("/jobs/{job_id}/redeliver", response_model=JobView, status_code=202,
               summary="Send an ended job's webhook again, now", responses=problems(401, 404, 409, 429))
@@ -269,7 +290,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if refused:
             raise HTTPException(409, refused)
         delivery = await redelivery.schedule(request.app.state.store, record)
-        return _view(record.model_copy(update={"delivery": delivery}))
+        return JobView.of(record.model_copy(update={"delivery": delivery}))
 
     @app.delete("/jobs/{job_id}", response_model=JobView, status_code=202,
                 summary="Cancel a job: every stage skips it from now on", responses=problems(401, 404, 409, 429))
@@ -282,7 +303,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(409, f"job {job_id} is {record.state.value}; there is nothing left to cancel")
         if first and record.callback_url:  # its callback hears `job.cancelled`, once
             record = record.model_copy(update={"delivery": await redelivery.schedule(store, record)})
-        return _view(record)
+        return JobView.of(record)
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, str]:
@@ -309,13 +330,6 @@ def _utc(moment: datetime | None) -> datetime | None:
         return moment.astimezone(timezone.utc)
     except OverflowError:  # an offset past year 1 or 9999
         return (datetime.min if moment.year < 5000 else datetime.max).replace(tzinfo=timezone.utc)
-
-
-def _view(record: JobRecord) -> JobView:
-    waiting = next((progress for progress in record.stages.values() if progress.waiting_for), None)
-    return JobView(status=record.state, waiting_for=waiting.waiting_for if waiting else None,
-                   waiting_since=waiting.waiting_since if waiting else None,
-                   **record.model_dump(exclude={"state", "callback_url"}))
 
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, HttpUrl
 
-from conveyor.stores.base import Delivery, JobState, StageProgress
+from conveyor.stores.base import Delivery, JobRecord, JobState, StageProgress
 
 
 MAX_CONTENT_TYPE_CHARS = 200
@@ -65,6 +65,14 @@ class JobView(BaseModel):
     waiting_since: datetime | None = None
     delivery: Delivery | None = Field(None, description="The webhook's delivery, once its first attempt failed.")
     meta: dict[str, Any] = Field(default_factory=dict)
+
+    @classmethod
+    def of(cls, record: JobRecord) -> JobView:
+        """What a tenant sees of its job: everything but the callback URL (it may hold credentials)."""
+        waiting = next((progress for progress in record.stages.values() if progress.waiting_for), None)
+        return cls(status=record.state, waiting_for=waiting.waiting_for if waiting else None,
+                   waiting_since=waiting.waiting_since if waiting else None,
+                   **record.model_dump(exclude={"state", "callback_url"}))
 
 
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:(\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")

@@ -3,14 +3,16 @@
 and PyTorch is not needed.
 
 The model runs in one thread of its own: numpy releases the GIL while it computes, so the
-worker's event loop keeps polling, committing and answering probes. A record's texts go in
-batches, so a deadline or a cancellation stops it after the batch in hand.
+worker's event loop keeps polling, committing and answering probes. The texts of all the records
+in hand are computed together in batches of CONVEYOR_EMBED_BATCH_SIZE; a record whose deadline
+passes or whose job is cancelled has its texts that are still waiting dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -70,18 +72,45 @@ class MiniLMBackend(EmbeddingBackend):
         self._model = MiniLM(model_folder())
         self._batch = settings.embed_batch_size
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minilm")
+        # Texts of every record in hand wait here together, so the model computes full batches
+        # even when each record has only a few chunks.
+        self._waiting: deque[tuple[str, asyncio.Future[list[float]]]] = deque()
+        self._runner: asyncio.Task[None] | None = None
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         loop = asyncio.get_running_loop()
-        # Texts of similar length batched together: less padding to compute.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        vectors: list[list[float]] = [[] for _ in texts]
-        for start in range(0, len(order), self._batch):
-            batch = order[start:start + self._batch]
-            encoded = await loop.run_in_executor(self._thread, self._model.encode, [texts[i] for i in batch])
-            for i, vector in zip(batch, encoded):
-                vectors[i] = vector.tolist()
-        return vectors
+        futures: list[asyncio.Future[list[float]]] = [loop.create_future() for _ in texts]
+        self._waiting.extend(zip(texts, futures))
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.create_task(self._run(), name="minilm-batches")
+        try:
+            return list(await asyncio.gather(*futures))
+        finally:
+            for future in futures:  # cancelled or failed: its texts are not computed any more
+                future.cancel()
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._waiting:
+            batch: list[tuple[str, asyncio.Future[list[float]]]] = []
+            while self._waiting and len(batch) < self._batch:
+                text, future = self._waiting.popleft()
+                if not future.done():
+                    batch.append((text, future))
+            if not batch:
+                continue
+            try:
+                encoded = await loop.run_in_executor(self._thread, self._model.encode, [text for text, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - each record waiting for this batch gets the error
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), vector in zip(batch, encoded):
+                if not future.done():
+                    future.set_result(vector.tolist())
 
     async def close(self) -> None:
+        if self._runner is not None:
+            self._runner.cancel()
         self._thread.shutdown(wait=True, cancel_futures=True)
