@@ -18,7 +18,7 @@ from conveyor.operator.kafka_admin import KafkaAdmin, TopicRequest
 from conveyor.pipeline import KafkaSpec
 from conveyor.settings import Settings
 from test_operator_kmock import (  # noqa: F401  (cluster: a fixture)
-    DEPLOYMENTS, NS, Cluster, cluster, eventually, pipeline, running_operator)
+    DEPLOYMENTS, Cluster, cluster, eventually, pipeline, running_operator)
 
 pytestmark = pytest.mark.timeout(60)
 
