@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from conveyor.operator.applying import matches, merge_patch
+from conveyor.operator.applying import CONFIG_HASH_ANNOTATION, in_shape, matches, with_config_hash
 from conveyor.operator.builders import (
     Owner,
     build_children,
@@ -343,25 +343,39 @@ def _as_server_returns(obj: dict[str, Any]) -> dict[str, Any]:
     return served
 
 
-def test_an_object_in_shape_needs_no_patch() -> None:
+def test_an_object_in_shape_needs_no_apply() -> None:
     raw = example(EXAMPLES[0])["spec"]
     raw["stages"][1]["resources"]["requests"]["cpu"] = "0.5"  # the server answers "500m"
     spec = parse_spec(raw)
-    desired = build_deployment(spec, spec.stage("summarizer"), OWNER)
-    assert merge_patch(desired, _as_server_returns(desired)) == {}
+    applied = with_config_hash(build_deployment(spec, spec.stage("summarizer"), OWNER))
+    assert in_shape(applied, _as_server_returns(applied))
 
 
-def test_a_changed_field_is_patched_without_touching_replicas() -> None:
+def test_the_applied_deployment_leaves_replicas_to_keda() -> None:
+    spec = parse_spec(example(EXAMPLES[0])["spec"])
+    assert all("replicas" not in build_deployment(spec, stage, OWNER)["spec"] for stage in spec.stages)
+
+
+def test_drift_or_a_changed_config_needs_an_apply() -> None:
     spec = parse_spec(example(EXAMPLES[0])["spec"])
     desired = build_deployment(spec, spec.stage("summarizer"), OWNER)
-    served = _as_server_returns(desired)
-    served["spec"]["template"]["spec"]["containers"][0]["image"] = "conveyor:0.0.9"
-    served["metadata"]["ownerReferences"] = [{"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "other"}]
-    patch = merge_patch(desired, served)
-    assert set(patch) == {"metadata", "spec"}
-    assert "replicas" not in patch["spec"], "KEDA owns the replica count after creation"
-    assert patch["spec"]["template"]["spec"]["containers"][0]["image"] == "conveyor-summarizer:0.1.0"
-    assert [r["uid"] for r in patch["metadata"]["ownerReferences"]] == ["other", OWNER.uid]
+    applied = with_config_hash(desired)
+    served = _as_server_returns(applied)
+    served["metadata"]["ownerReferences"].insert(0, {"apiVersion": "v1", "kind": "ConfigMap", "name": "x",
+                                                     "uid": "other"})
+    assert in_shape(applied, served), "another owner's reference beside ours is fine"
+
+    drifted = copy.deepcopy(served)
+    drifted["spec"]["template"]["spec"]["containers"][0]["image"] = "conveyor:0.0.9"
+    assert not in_shape(applied, drifted)
+
+    # A field the operator stops setting is still on the server, so only the hash tells it apart.
+    shorter = copy.deepcopy(desired)
+    del shorter["spec"]["template"]["spec"]["containers"][0]["resources"]
+    shorter = with_config_hash(shorter)
+    assert shorter["metadata"]["annotations"][CONFIG_HASH_ANNOTATION] != (
+        applied["metadata"]["annotations"][CONFIG_HASH_ANNOTATION])
+    assert not in_shape(shorter, served)
     assert not matches({"cpu": "1"}, {"cpu": "999m"}, quantities=True)
 
 

@@ -17,7 +17,8 @@ from conveyor.kafka.clients import make_consumer, make_producer
 from conveyor.operator.kafka_admin import KafkaAdmin, TopicRequest
 from conveyor.pipeline import KafkaSpec
 from conveyor.settings import Settings
-from test_operator_kmock import NS, Cluster, cluster, eventually, pipeline, running_operator  # noqa: F401
+from test_operator_kmock import (  # noqa: F401  (cluster: a fixture)
+    DEPLOYMENTS, Cluster, cluster, eventually, pipeline, running_operator)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -122,6 +123,9 @@ async def test_operator_creates_topics_and_reports_exact_lag_in_status(broker: s
     async with running_operator(cluster, KafkaAdmin(Settings(), timeout=15)) as operator:
         await operator.apply(pipeline(mode="external", bootstrap=broker, prefix=prefix, stages=stages))
         names = [f"{prefix}.extract", f"{prefix}.extract.dlq", f"{prefix}.embedder", f"{prefix}.embedder.dlq"]
+        for deployment in ("docs-extractor", "docs-embedder"):  # KEDA scales the idle stages to zero
+            await eventually(lambda: operator.get(DEPLOYMENTS, deployment), f"the {deployment} Deployment")
+            await operator.scale(deployment, 0)
         await eventually(lambda: operator.pipeline("docs").get("status", {}).get("phase") == "Ready",
                          "the pipeline to be ready", timeout=15)
         assert await partition_counts(broker, names) == dict(zip(names, [2, 2, 3, 3]))

@@ -1,24 +1,29 @@
-"""Create an owned object, or merge-patch only the parts that differ from what it should be.
+"""Bring an owned object to shape by server-side apply, or leave it alone when it already is.
 
-"Differs" means: some value the operator sets is missing or different on the server. Fields the
-server or other controllers add (defaults, status, KEDA's replica count) never count, so an object
-in shape gets no write at all. Resource quantities compare by value ("500m" equals 0.5).
+The applied config is exactly what the builders make, stamped with a hash of itself
+(CONFIG_HASH_ANNOTATION). An object is in shape when the server has every value of that config
+(fields the server or other controllers add, such as defaults, status and KEDA's replica count,
+never count) and the same hash: such an object gets no write at all. Anything else is applied,
+so drift is put back and a field the operator no longer sets (a new hash) is removed by the API
+server. Resource quantities compare by value ("500m" equals 0.5).
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import re
 from collections.abc import Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 from conveyor.operator import metrics
-from conveyor.operator.kube import ApiError, KubeClient, kind_of
+from conveyor.operator.kube import KubeClient, kind_of
 
 Action = Literal["created", "patched", "unchanged"]
 
-# Set at creation only: KEDA owns a Deployment's replica count afterwards.
-CREATE_ONLY: Mapping[str, tuple[str, ...]] = {"Deployment": ("replicas",)}
+CONFIG_HASH_ANNOTATION = "conveyor.dev/applied-config"
 
 _SUFFIXES = {"": 1, "m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15,
              "E": 10**18, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
@@ -49,51 +54,40 @@ def matches(desired: Any, actual: Any, *, quantities: bool = False) -> bool:
     return quantities and _quantity(desired) is not None and _quantity(desired) == _quantity(actual)
 
 
-def merge_patch(desired: Mapping[str, Any], actual: Mapping[str, Any]) -> dict[str, Any]:
-    """A JSON merge patch that brings `actual` to `desired`, or {} when nothing differs."""
-    patch: dict[str, Any] = {}
-    meta: dict[str, Any] = {}
-    want_meta, have_meta = desired.get("metadata", {}), actual.get("metadata", {})
-    for key in ("labels", "annotations"):
-        if key in want_meta and not matches(want_meta[key], have_meta.get(key) or {}):
-            meta[key] = want_meta[key]
-    ours = want_meta.get("ownerReferences") or []
-    theirs = have_meta.get("ownerReferences") or []
-    if not all(any(matches(ref, have) for have in theirs) for ref in ours):
-        uids = {ref["uid"] for ref in ours}
-        meta["ownerReferences"] = [ref for ref in theirs if ref.get("uid") not in uids] + list(ours)
-    if meta:
-        patch["metadata"] = meta
-    if "spec" in desired:
-        skip = CREATE_ONLY.get(desired.get("kind", ""), ())
-        spec = {k: v for k, v in desired["spec"].items() if k not in skip}
-        if not matches(spec, actual.get("spec") or {}):
-            patch["spec"] = spec
-    return patch
+def with_config_hash(desired: Mapping[str, Any]) -> dict[str, Any]:
+    """`desired` with an annotation that changes whenever any part of it does."""
+    stamped = copy.deepcopy(dict(desired))
+    digest = hashlib.sha256(json.dumps(desired, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    stamped["metadata"].setdefault("annotations", {})[CONFIG_HASH_ANNOTATION] = digest[:16]
+    return stamped
+
+
+def in_shape(applied: Mapping[str, Any], actual: Mapping[str, Any]) -> bool:
+    """True when `actual` has every label, annotation, owner reference and spec value of `applied`.
+
+    Owner references are a set keyed by uid: others' references beside ours are fine.
+    """
+    want, have = applied.get("metadata", {}), actual.get("metadata", {})
+    if not all(matches(want.get(key) or {}, have.get(key) or {}) for key in ("labels", "annotations")):
+        return False
+    theirs = have.get("ownerReferences") or []
+    if not all(any(matches(ref, other) for other in theirs) for ref in want.get("ownerReferences") or []):
+        return False
+    return all(matches(value, actual.get(key)) for key, value in applied.items()
+               if key not in ("apiVersion", "kind", "metadata"))
 
 
 async def ensure_object(kube: KubeClient, desired: Mapping[str, Any], *,
                         current: Mapping[str, Any] | None = None) -> tuple[Action, dict[str, Any]]:
-    """Create `desired` or patch what differs; returns the action taken and the object as the server has it."""
+    """Apply `desired` unless the server's object is already in shape; returns the action taken and
+    the object as the server has it. `current` saves the read when the caller has just made it."""
     kind = kind_of(desired)
-    namespace, name = desired["metadata"]["namespace"], desired["metadata"]["name"]
     if current is None:
-        current = await kube.get(kind, namespace, name)
-    if current is None:
-        try:
-            created = await kube.create(desired)
-        except ApiError as exc:
-            if exc.status != 409:
-                raise
-            current = await kube.get(kind, namespace, name)  # created concurrently: compare with it
-            if current is None:
-                raise
-        else:
-            metrics.OBJECT_CHANGES.labels(kind.kind, "created").inc()
-            return "created", created
-    patch = merge_patch(desired, current)
-    if not patch:
+        current = await kube.get(kind, desired["metadata"]["namespace"], desired["metadata"]["name"])
+    applied = with_config_hash(desired)
+    if current is not None and in_shape(applied, current):
         return "unchanged", dict(current)
-    patched = await kube.patch(kind, namespace, name, patch)
-    metrics.OBJECT_CHANGES.labels(kind.kind, "patched").inc()
-    return "patched", patched
+    result = await kube.apply(applied)
+    action: Action = "created" if current is None else "patched"
+    metrics.OBJECT_CHANGES.labels(kind.__name__, action).inc()
+    return action, result

@@ -90,7 +90,8 @@ def _probe(path: str, *, period: int, failures: int) -> dict[str, Any]:
 
 def build_deployment(spec: PipelineSpec, stage: StageSpec, owner: Owner) -> dict[str, Any]:
     """The stage's worker Deployment, shaped like the chart's workers (probes on 9100, read-only
-    root filesystem, writable /tmp and home). KEDA owns `spec.replicas` after creation."""
+    root filesystem, writable /tmp and home). No `spec.replicas`: KEDA sets it, and a field left out
+    of the applied config is one the operator never owns, so no reconcile resets KEDA's count."""
     command, args = stage.container_command()
     container: dict[str, Any] = {
         "name": stage.name,
@@ -117,7 +118,6 @@ def build_deployment(spec: PipelineSpec, stage: StageSpec, owner: Owner) -> dict
         "kind": "Deployment",
         "metadata": _metadata(child_name(owner, stage), owner, stage.name),
         "spec": {
-            "replicas": stage.min_replicas,
             "revisionHistoryLimit": 5,
             "selector": {"matchLabels": selector(owner, stage.name)},
             "template": {

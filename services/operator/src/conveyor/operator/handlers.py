@@ -19,7 +19,7 @@ import kopf
 
 from conveyor.operator import metrics
 from conveyor.operator.builders import GROUP, PLURAL, VERSION
-from conveyor.operator.kube import PIPELINES, ApiError, KubeClient
+from conveyor.operator.kube import PIPELINES, ApiError, KubeClient, status_code
 from conveyor.operator.reconciling import KAFKA_FAILURES, Runtime, finalize, reconcile
 from conveyor.pipeline import SpecError
 from conveyor.operator.status import changed_fields, invalid_status
@@ -38,10 +38,9 @@ async def _write_status(runtime: Runtime, body: Mapping[str, Any], status: Mappi
         return
     meta = body["metadata"]
     try:
-        await runtime.api().patch(PIPELINES, meta["namespace"], meta["name"], {"status": changes},
-                                  subresource="status")
+        await runtime.api().patch_status(PIPELINES, meta["namespace"], meta["name"], changes)
     except ApiError as exc:
-        if exc.status != 404:  # 404: deleted meanwhile, nothing to report on
+        if status_code(exc) != 404:  # 404: deleted meanwhile, nothing to report on
             raise
 
 

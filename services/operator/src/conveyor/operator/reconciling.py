@@ -20,7 +20,7 @@ from conveyor.operator.applying import ensure_object
 from conveyor.operator.builders import PIPELINE_LABEL, STAGE_LABEL, Owner
 from conveyor.operator.config import OperatorConfig
 from conveyor.operator.kafka_admin import TopicReport, TopicRequest
-from conveyor.operator.kube import DEPLOYMENTS, SCALED_OBJECTS, TOPICS, ApiError, KubeClient
+from conveyor.operator.kube import DEPLOYMENTS, SCALED_OBJECTS, TOPICS, ApiError, KubeClient, status_code
 from conveyor.pipeline import KafkaSpec, PipelineSpec, parse_spec
 from conveyor.operator.status import Problem, StageObservation, build_status
 
@@ -75,7 +75,7 @@ async def _ensure(kube: KubeClient, desired: Mapping[str, Any], result: Result, 
     try:
         action, obj = await ensure_object(kube, desired, current=current)
     except ApiError as exc:
-        if exc.status != 404 or desired["kind"] not in MISSING_KINDS:
+        if status_code(exc) != 404 or desired["kind"] not in MISSING_KINDS:
             raise
         problem = Problem(*MISSING_KINDS[desired["kind"]])
         if problem not in problems:
@@ -127,8 +127,8 @@ async def _prune(kube: KubeClient, spec: PipelineSpec, owner: Owner, result: Res
             meta = obj["metadata"]
             if (meta.get("labels") or {}).get(STAGE_LABEL) not in wanted and _owned_by(obj, owner):
                 if await kube.delete(kind, owner.namespace, meta["name"]):
-                    metrics.OBJECT_CHANGES.labels(kind.kind, "deleted").inc()
-                    result.actions[f"{kind.kind}/{meta['name']}"] = "deleted"
+                    metrics.OBJECT_CHANGES.labels(kind.__name__, "deleted").inc()
+                    result.actions[f"{kind.__name__}/{meta['name']}"] = "deleted"
 
 
 async def _lag(kafka: Kafka, spec: PipelineSpec, logger: logging.Logger | logging.LoggerAdapter) -> dict[str, int]:
@@ -209,7 +209,8 @@ async def finalize(runtime: Runtime, body: Mapping[str, Any], logger: logging.Lo
                     done.append(f"deleted Topic {name}")
             else:
                 refs = [r for r in topic["metadata"].get("ownerReferences") or [] if r.get("uid") != owner.uid]
-                await kube.patch(TOPICS, owner.namespace, name, {"metadata": {"ownerReferences": refs or None}})
+                # A merge patch, not an apply: it edits one list and leaves the applied config alone.
+                await kube.merge_patch(TOPICS, owner.namespace, name, {"metadata": {"ownerReferences": refs or None}})
                 done.append(f"released Topic {name} (the topic and its data stay)")
         return done
     if delete:
