@@ -385,6 +385,33 @@ async def test_create_builds_owned_children_and_reports_ready(cluster: Cluster) 
         assert condition(body, "Degraded")["status"] == "False"
 
 
+async def test_the_embedder_example_becomes_four_chained_stages(cluster: Cluster) -> None:
+    """k8s/examples/pipeline-with-embedder.yaml, as kubectl would apply it: one Deployment,
+    ScaledObject and pair of Redpanda Topics per stage, each stage reading what the one before writes."""
+    example = yaml.safe_load((Path(__file__).resolve().parents[1] / "k8s/examples/pipeline-with-embedder.yaml").read_text())
+    example["metadata"]["namespace"] = NS
+    async with running_operator(cluster) as operator:
+        await operator.apply(example)
+        stages = ["extractor", "embedder", "summarizer", "notifier"]
+        names = [f"documents-embedded-{stage}" for stage in stages]
+        await eventually(lambda: all(operator.get(DEPLOYMENTS, n) and operator.get(SCALED_OBJECTS, n)
+                                     and operator.get(TOPICS, n) and operator.get(TOPICS, f"{n}-dlq") for n in names),
+                         "every stage's children to exist")
+        bindings = []
+        for name in names:
+            (container,) = operator.get(DEPLOYMENTS, name)["spec"]["template"]["spec"]["containers"]
+            env = {e["name"]: e.get("value") for e in container["env"]}
+            bindings.append((env["CONVEYOR_INPUT_TOPIC"], env.get("CONVEYOR_OUTPUT_TOPIC"), env.get("CONVEYOR_NEXT_STAGE"),
+                             env["CONVEYOR_PIPELINE_STAGES"]))
+        assert operator.get(DEPLOYMENTS, names[1])["spec"]["template"]["spec"]["containers"][0]["image"] == \
+            "conveyor-embedder:0.1.0"
+    topics = ["conveyor.extract", "conveyor.embedder", "conveyor.summarize", "conveyor.notify"]
+    assert [b[0] for b in bindings] == topics
+    assert [(b[1], b[2]) for b in bindings] == [(topics[1], "embedder"), (topics[2], "summarizer"),
+                                                 (topics[3], "notifier"), ("", "")]  # the last stage
+    assert {b[3] for b in bindings} == {",".join(stages)}
+
+
 async def test_update_patches_only_what_changed(cluster: Cluster) -> None:
     async with running_operator(cluster) as operator:
         await operator.apply(pipeline())
