@@ -143,6 +143,7 @@ class Pipeline:
         while pending and time.monotonic() < deadline:
             for job_id in list(pending):
                 job = self.job(job_id)
+                assert "status" in job, job  # an error answer, not a job
                 if job["status"] in states:
                     done[job_id] = job
                     pending.discard(job_id)

@@ -300,12 +300,13 @@ def test_a_job_that_fails_in_a_stage_calls_back_with_job_failed_naming_it(pipeli
     assert wrong.returncode == 1 and wrong.stderr.count("\n") == 1 and "RFC 3339" in wrong.stderr
 
 
-def test_a_cancelled_job_stops_its_llm_call_writes_nothing_more_and_calls_back(broker: str, tmp_path,
-                                                                                openai_server, receiver) -> None:
+def test_a_cancelled_job_stops_its_llm_call_writes_nothing_more_calls_back_and_keeps_no_blob(
+        broker: str, tmp_path, openai_server, receiver) -> None:
     from fakes.openai_server import Reply
 
     openai_server.fallback = lambda received: Reply.slow(20)  # every call takes 20 s
     pipeline = Pipeline(broker, tmp_path, extra_env={
+        "CONVEYOR_CLAIM_CHECK_BYTES": "64",  # the text and the extracted document travel as blobs
         "CONVEYOR_SUMMARIZER_BACKEND": "openai", "CONVEYOR_OPENAI_BASE_URL": openai_server.url,
         "CONVEYOR_WEBHOOK_ALLOW_PRIVATE": "true", "CONVEYOR_WEBHOOK_SECRET": SECRET})
     try:
@@ -332,6 +333,7 @@ def test_a_cancelled_job_stops_its_llm_call_writes_nothing_more_and_calls_back(b
         time.sleep(2)
         job = pipeline.job(job_id)
         assert job["status"] == "cancelled" and job["summary"] is None  # nothing was written after it
+        assert [p.name for p in (tmp_path / "blobs").rglob("*") if p.is_file()] == []
         assert pipeline.client.delete("/jobs/nope").status_code == 404
     finally:
         pipeline.stop_all()

@@ -114,13 +114,13 @@ async def test_minilm_backend_keeps_input_order_across_batches() -> None:
 async def test_minilm_batches_the_texts_of_concurrent_records_together_and_drops_cancelled_ones() -> None:
     backend = MiniLMBackend(Settings(embed_batch_size=8))
     batches: list[list[str]] = []
-    encode = backend._model.encode
+    encode = backend._model.encode_counted
 
-    def counted(texts: list[str]) -> np.ndarray:
+    def counted(texts: list[str]) -> tuple[np.ndarray, list[int]]:
         batches.append(list(texts))
         return encode(texts)
 
-    backend._model.encode = counted  # type: ignore[method-assign]
+    backend._model.encode_counted = counted  # type: ignore[method-assign]
     try:
         records = [[f"record {r} chunk {c}" for c in range(2)] for r in range(4)]
         results = await asyncio.gather(*[backend.embed(texts) for texts in records])

@@ -19,6 +19,7 @@ from conveyor.stores import records
 from conveyor.stores.base import Delivery, DeliveryState, JobRecord, JobState, JobStore, StageState
 from conveyor.stores.redis_store import RedisJobStore
 from conveyor.stores.sqlite_store import SqliteJobStore
+from conveyor.usage import UsageTotal
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -223,6 +224,20 @@ async def test_update_stage_transitions(store: JobStore) -> None:
     await store.update_stage(record.job_id, "summarizer", StageState.running, attempts=6)
     loaded = await store.get(record.job_id)
     assert loaded is not None and loaded.state == JobState.running and loaded.error is None
+
+
+async def test_usage_sums_per_tenant_and_day_and_per_job(store: JobStore) -> None:
+    job = uuid.uuid4().hex
+    await store.record_usage("acme", job, "summarizer", day="2026-12-03", tokens=120, calls=2)
+    await store.record_usage("acme", job, "summarizer", day="2026-12-03", tokens=30, calls=1)  # a retry's run
+    await store.record_usage("acme", "other", "embedder", day="2026-12-03", tokens=50, calls=0)
+    await store.record_usage("acme", job, "embedder", day="2026-12-04", tokens=8, calls=1)
+    await store.record_usage("globex", "theirs", "summarizer", day="2026-12-03", tokens=999, calls=9)
+    assert await store.tenant_usage("acme", "2026-12-03") == UsageTotal(tokens=200, calls=3, jobs=2)
+    assert await store.tenant_usage("acme", "2026-12-04") == UsageTotal(tokens=8, calls=1, jobs=1)
+    assert await store.tenant_usage("acme", "2026-12-05") == UsageTotal()
+    assert await store.job_usage(job) == UsageTotal(tokens=158, calls=4, jobs=1)
+    assert await store.job_usage("never-ran") == UsageTotal()
 
 
 async def test_update_stage_is_idempotent(store: JobStore) -> None:

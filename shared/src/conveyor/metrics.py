@@ -77,6 +77,10 @@ LLM_CONCURRENCY_LIMIT = Gauge(
     "conveyor_llm_concurrency_limit", "Calls an LLM endpoint is given at once, as learned from its 429s.", ["endpoint"]
 )
 
+# --- Usage (conveyor.usage): what model calls cost, per tenant ---------------------------------
+USAGE_TOKENS = Counter("conveyor_usage_tokens_total", "Tokens of answered model calls, per tenant and stage.", ["tenant", "stage"])
+USAGE_CALLS = Counter("conveyor_usage_calls_total", "Answered calls to model servers, per tenant and stage.", ["tenant", "stage"])
+
 # --- Embedder ---------------------------------------------------------------------------------
 CHUNKS_EMBEDDED = Counter(
     "conveyor_chunks_embedded_total", "Document chunks embedded and written to the vector store.", ["backend"]

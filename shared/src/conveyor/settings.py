@@ -114,6 +114,10 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: float = Field(
         86_400.0, gt=0, description="How long an Idempotency-Key of /submit and /upload returns its first request's job."
     )
+    tenant_daily_tokens: Annotated[dict[str, int], NoDecode] = Field(
+        default_factory=dict,
+        description="Daily token budgets, `tenant=tokens` comma separated, `*` for every other tenant; empty = none. A tenant past its budget gets 429 from /submit and /upload until midnight UTC.",
+    )
     tenant_max_event_streams: int = Field(16, ge=1, description="Open GET /jobs/{id}/events streams a tenant may hold per gateway process; past it 429.")
     event_stream_poll_seconds: float = Field(0.5, gt=0, le=30, description="How often an event stream reads its job's status.")
     event_stream_max_seconds: float = Field(3600.0, gt=0, description="Longest an event stream stays open; the client reconnects for more.")
@@ -219,6 +223,19 @@ class Settings(BaseSettings):
     def _comma_separated(cls, value: object) -> object:
         return [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
 
+    @field_validator("tenant_daily_tokens", mode="before")
+    @classmethod
+    def _tenant_budgets(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        budgets: dict[str, object] = {}
+        for pair in (part.strip() for part in value.split(",") if part.strip()):
+            tenant, equals, tokens = pair.partition("=")
+            if not equals or not tenant.strip():
+                raise ValueError(f"expected tenant=tokens pairs (e.g. acme=200000,*=50000), got {pair[:60]!r}")
+            budgets[tenant.strip()] = tokens.strip()
+        return budgets
+
     @model_validator(mode="after")
     def _consistent(self) -> "Settings":
         if self.oidc_issuer and not self.oidc_audience:
@@ -227,6 +244,8 @@ class Settings(BaseSettings):
             raise ValueError(f"CONVEYOR_OIDC_ALGORITHMS: {', '.join(bad)} not allowed; use asymmetric ones (RS256, ES256...)")
         if not self.pipeline_stages or len(set(self.pipeline_stages)) != len(self.pipeline_stages):
             raise ValueError("CONVEYOR_PIPELINE_STAGES: name each stage once, in data-flow order (extractor,summarizer,notifier)")
+        if any(tokens < 1 for tokens in self.tenant_daily_tokens.values()):
+            raise ValueError("CONVEYOR_TENANT_DAILY_TOKENS: each budget is a positive number of tokens")
         if self.max_pipeline_lag is not None and not self.lag_interval_seconds:
             raise ValueError("CONVEYOR_MAX_PIPELINE_LAG needs CONVEYOR_LAG_INTERVAL_SECONDS > 0 (the lag is measured that often)")
         return self

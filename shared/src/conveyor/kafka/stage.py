@@ -34,10 +34,10 @@ from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
-from conveyor import metrics, tracing
+from conveyor import metrics, tracing, usage
 from conveyor.breakers import DependencyUnavailable
 from conveyor.errors import PermanentError
-from conveyor.events import Event, EventDecodeError, Failure, Payload
+from conveyor.events import BlobRef, Event, EventDecodeError, Failure, Payload, utcnow
 from conveyor.kafka.backoff import backoff_delay
 from conveyor.kafka.clients import make_consumer, make_producer
 from conveyor.kafka.dead_letters import dead_letter_for
@@ -486,6 +486,11 @@ class StageWorker:
             if output.payload.blob is not None:  # owned by the job before anyone can read it
                 blob = output.payload.blob
                 await self.store.transform(event.job_id, lambda r: with_blob(r, blob))
+                if await self.store.cancelled_jobs([event.job_id]):
+                    # Withdrawn meanwhile: a cancelled job keeps no blob, and nothing reads this one.
+                    await self._delete_blob(blob)
+                    log.info("%s: job %s was cancelled; its output is not sent", stage, event.job_id)
+                    return
             await self._send(bindings.output_topic, output.model_copy(update={"stage": bindings.next_stage}))
         await self.store.update_stage(event.job_id, stage, StageState.done, attempts=attempt,
                                       meta=output.meta if output is not None else None)
@@ -494,9 +499,13 @@ class StageWorker:
         """Nothing reads a completing job's blobs any more: they go before it completes, so a
         crash in between leaves none behind."""
         record = await self.store.get(job_id)
-        if self.blobs is not None and record is not None:
+        if record is not None:
             for blob in record.blobs:
-                await self.blobs.delete(blob)
+                await self._delete_blob(blob)
+
+    async def _delete_blob(self, blob: BlobRef) -> None:
+        if self.blobs is not None:
+            await self.blobs.delete(blob)
 
     async def _failed(self, event: Event, record: ConsumerRecord, attempt: int, exc: Exception) -> bool:
         """A charged failure: dead-letter the record (True) or wait out its retry backoff (False)."""
@@ -535,8 +544,10 @@ class StageWorker:
         async with self._slots:
             self._handling += 1
             self._metrics.in_flight.inc()
-            # Its own task, so that a cancellation of the job can stop it alone (see _stop_cancelled_forever).
-            handler = asyncio.ensure_future(self.stage.handler(event))
+            # Its own task, so that a cancellation of the job can stop it alone (see _stop_cancelled_forever);
+            # the task counts what its model calls cost in its own tally.
+            with usage.counting() as spent:
+                handler = asyncio.ensure_future(self.stage.handler(event))
             self._handlers[event.job_id] = handler
             try:
                 async with asyncio.timeout(timeout):
@@ -552,6 +563,20 @@ class StageWorker:
                 self._handling -= 1
                 self._last_progress = time.monotonic()
                 self._metrics.in_flight.dec()
+                if spent.spent:
+                    await self._record_usage(event, spent)
+
+    async def _record_usage(self, event: Event, spent: usage.Tally) -> None:
+        """What this run of the handler spent, for its tenant's day (a failed write is only logged:
+        the record's outcome does not depend on it)."""
+        metrics.USAGE_TOKENS.labels(event.tenant, self.stage.name).inc(spent.tokens)
+        metrics.USAGE_CALLS.labels(event.tenant, self.stage.name).inc(spent.calls)
+        try:
+            await self.store.record_usage(event.tenant, event.job_id, self.stage.name, day=usage.day_of(utcnow()),
+                                          tokens=spent.tokens, calls=spent.calls)
+        except Exception as exc:  # noqa: BLE001 - the store being down must not fail the record
+            log.warning("%s: could not record the usage of job %s (%d tokens, %d calls): %s", self.stage.name,
+                        event.job_id, spent.tokens, spent.calls, exc)
 
     # ------------------------------------------------------------------------- producing
 

@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, Field
 
 from conveyor.events import BlobRef, utcnow
+from conveyor.usage import UsageTotal
 
 
 class JobState(str, Enum):
@@ -263,6 +264,18 @@ class JobStore(abc.ABC):
     @abc.abstractmethod
     async def active_jobs(self, tenant: str) -> int:
         """How many of the tenant's jobs are not finished (queued, running or waiting)."""
+
+    @abc.abstractmethod
+    async def record_usage(self, tenant: str, job_id: str, stage: str, *, day: str, tokens: int, calls: int) -> None:
+        """Add one handler run's spend to its tenant's day and to its job (conveyor.usage)."""
+
+    @abc.abstractmethod
+    async def tenant_usage(self, tenant: str, day: str) -> UsageTotal:
+        """What the tenant's jobs spent on `day` (YYYY-MM-DD, UTC)."""
+
+    @abc.abstractmethod
+    async def job_usage(self, job_id: str) -> UsageTotal:
+        """What the job spent, every stage and day together (jobs is 1 when it spent anything)."""
 
     @abc.abstractmethod
     async def claim_idempotency_key(self, tenant: str, key: str, *, digest: str, job_id: str,

@@ -96,8 +96,9 @@ def restarted(record: JobRecord) -> JobRecord:
 
 
 def with_blob(record: JobRecord, blob: BlobRef) -> JobRecord | None:
-    """The record owning one more blob (None: it owns it already)."""
-    if any(owned.uri == blob.uri for owned in record.blobs):
+    """The record owning one more blob (None: it owns it already, or the job is cancelled and
+    keeps none)."""
+    if record.state == JobState.cancelled or any(owned.uri == blob.uri for owned in record.blobs):
         return None
     return record.model_copy(update={"blobs": [*record.blobs, blob]})
 

@@ -43,6 +43,7 @@ from redis.exceptions import WatchError
 from conveyor.errors import TransientError
 from conveyor.events import utcnow
 from conveyor.stores.base import JobRecord, JobState, JobStore
+from conveyor.usage import UsageTotal
 
 DEFAULT_PREFIX = "conveyor:job:"
 MAX_CONNECTIONS = 64
@@ -73,6 +74,10 @@ for _, id in ipairs(ids) do
 end
 return ids
 """
+
+
+# Usage is kept this long after its last write, whatever the records' TTL: a quarter's invoices.
+USAGE_KEEP_SECONDS = 92 * 86_400
 
 
 class RedisJobStore(JobStore):
@@ -256,6 +261,33 @@ class RedisJobStore(JobStore):
     def _idempotency(self, tenant: str, key: str) -> str:
         # Hashed: a key is the client's text, and the Redis key stays bounded and printable.
         return f"{self.prefix}idempotency:{tenant}:{hashlib.sha256(key.encode()).hexdigest()}"
+
+    async def record_usage(self, tenant: str, job_id: str, stage: str, *, day: str, tokens: int, calls: int) -> None:
+        day_key, job_key = self._usage(tenant, day), f"{self.prefix}usage-job:{job_id}"
+        async with self._redis.pipeline(transaction=True) as pipe:
+            for key in (day_key, job_key):
+                pipe.hincrby(key, "tokens", tokens)
+                pipe.hincrby(key, "calls", calls)
+                pipe.expire(key, USAGE_KEEP_SECONDS)
+            pipe.sadd(f"{day_key}:jobs", job_id)
+            pipe.expire(f"{day_key}:jobs", USAGE_KEEP_SECONDS)
+            await pipe.execute()
+
+    async def tenant_usage(self, tenant: str, day: str) -> UsageTotal:
+        key = self._usage(tenant, day)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(key, "tokens", "calls")
+            pipe.scard(f"{key}:jobs")
+            (tokens, calls), jobs = await pipe.execute()
+        return UsageTotal(int(tokens or 0), int(calls or 0), int(jobs))
+
+    async def job_usage(self, job_id: str) -> UsageTotal:
+        tokens, calls = await self._redis.hmget(f"{self.prefix}usage-job:{job_id}", "tokens", "calls")
+        spent = tokens is not None or calls is not None
+        return UsageTotal(int(tokens or 0), int(calls or 0), int(spent))
+
+    def _usage(self, tenant: str, day: str) -> str:
+        return f"{self.prefix}usage:{tenant}:{day}"
 
     async def active_jobs(self, tenant: str) -> int:
         key = self._active(tenant)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.stores import records
+from conveyor.usage import UsageTotal
 from conveyor.stores.base import Claim, JobRecord, JobState, JobStore
 
 _SCHEMA = (
@@ -42,6 +43,11 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS idempotency_keys (tenant TEXT NOT NULL, key TEXT NOT NULL, digest TEXT NOT NULL, "
     "job_id TEXT NOT NULL, created REAL NOT NULL, PRIMARY KEY (tenant, key))",
     "CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys (created)",
+    # What model calls cost: one row per handler run that spent anything (conveyor.usage).
+    "CREATE TABLE IF NOT EXISTS usage (id INTEGER PRIMARY KEY, tenant TEXT NOT NULL, day TEXT NOT NULL, "
+    "job_id TEXT NOT NULL, stage TEXT NOT NULL, tokens INTEGER NOT NULL, calls INTEGER NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS usage_by_tenant_day ON usage (tenant, day)",
+    "CREATE INDEX IF NOT EXISTS usage_by_job ON usage (job_id)",
 )
 _SELECT_CHUNK = 500
 _INSERT_CHUNK = 400  # rows per INSERT statement: 800 variables, far below SQLite's limit
@@ -336,6 +342,26 @@ class SqliteJobStore(JobStore):
     async def active_jobs(self, tenant: str) -> int:
         return await self._run(lambda db: db.execute(
             "SELECT count(*) FROM active_jobs WHERE tenant = ?", (tenant,)).fetchone()[0])
+
+    async def record_usage(self, tenant: str, job_id: str, stage: str, *, day: str, tokens: int, calls: int) -> None:
+        def insert(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("INSERT INTO usage (tenant, day, job_id, stage, tokens, calls) VALUES (?, ?, ?, ?, ?, ?)",
+                           (tenant, day, job_id, stage, tokens, calls))
+
+        await self._run(insert)
+
+    async def tenant_usage(self, tenant: str, day: str) -> UsageTotal:
+        row = await self._run(lambda db: db.execute(
+            "SELECT coalesce(sum(tokens), 0), coalesce(sum(calls), 0), count(DISTINCT job_id) FROM usage "
+            "WHERE tenant = ? AND day = ?", (tenant, day)).fetchone())
+        return UsageTotal(*row)
+
+    async def job_usage(self, job_id: str) -> UsageTotal:
+        row = await self._run(lambda db: db.execute(
+            "SELECT coalesce(sum(tokens), 0), coalesce(sum(calls), 0), count(DISTINCT job_id) FROM usage "
+            "WHERE job_id = ?", (job_id,)).fetchone())
+        return UsageTotal(*row)
 
     async def ping(self) -> bool:
         await self._run(lambda db: db.execute("SELECT 1").fetchone())

@@ -47,8 +47,10 @@ def _job_filter(tenant: str, job_id: str, *, from_chunk: int | None = None) -> m
 
 
 class VectorStore:
-    def __init__(self, client: AsyncQdrantClient, collection: str, *, name: str, breaker: Breaker | None) -> None:
+    def __init__(self, client: AsyncQdrantClient, collection: str, *, name: str, breaker: Breaker | None,
+                 max_chunks: int) -> None:
         self._client = client
+        self._max_chunks = max_chunks
         self.collection = collection
         self.name = name  # "qdrant <host>:<port>" or "qdrant (local)": no credentials
         self._breaker = breaker
@@ -62,14 +64,16 @@ class VectorStore:
             client = AsyncQdrantClient(url=settings.qdrant_url, api_key=key, timeout=settings.qdrant_timeout_seconds,
                                        check_compatibility=False)
             name = f"qdrant {_host(settings.qdrant_url)}"
-            return cls(client, settings.qdrant_collection, name=name, breaker=breakers[name])
+            return cls(client, settings.qdrant_collection, name=name, breaker=breakers[name],
+                       max_chunks=settings.embed_max_chunks)
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
             # A pod's folder is its own and goes with it: replicas would each keep part of the vectors.
             raise ConfigurationError("on Kubernetes the embedder needs a Qdrant server: set CONVEYOR_QDRANT_URL "
                                      "(the chart's vectorStore.qdrantUrl)")
         path = settings.resolved_qdrant_path()
         path.mkdir(parents=True, exist_ok=True)
-        return cls(AsyncQdrantClient(path=str(path)), settings.qdrant_collection, name="qdrant (local)", breaker=None)
+        return cls(AsyncQdrantClient(path=str(path)), settings.qdrant_collection, name="qdrant (local)", breaker=None,
+                   max_chunks=settings.embed_max_chunks)
 
     def blocked(self) -> str | None:
         return self.name if self._breaker is not None and self._breaker.is_open else None
@@ -89,8 +93,16 @@ class VectorStore:
             await self._call(lambda: self._client.upsert(self.collection, points=points, wait=True))
         elif not await self._call(lambda: self._client.collection_exists(self.collection)):
             return  # nothing was ever written, so nothing is left over
-        stale = models.FilterSelector(filter=_job_filter(tenant, job_id, from_chunk=len(chunks)))
+        stale = self._beyond(tenant, job_id, len(chunks))
         await self._call(lambda: self._client.delete(self.collection, points_selector=stale, wait=True))
+
+    def _beyond(self, tenant: str, job_id: str, count: int) -> models.FilterSelector | models.PointIdsList:
+        """The job's points from chunk `count` on. A server finds them by its payload indexes; the
+        embedded store has none and would scan every point, so it is given their ids instead:
+        every id a chunk index below the most chunks a document may have could take."""
+        if self._breaker is not None:
+            return models.FilterSelector(filter=_job_filter(tenant, job_id, from_chunk=count))
+        return models.PointIdsList(points=[point_id(tenant, job_id, i) for i in range(count, self._max_chunks)])
 
     async def count(self, tenant: str, job_id: str) -> int:
         result = await self._call(lambda: self._client.count(self.collection, count_filter=_job_filter(tenant, job_id)))

@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from contextlib import asynccontextmanager
 from typing import Annotated
 
@@ -24,7 +24,7 @@ from fastapi.routing import APIRoute
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from conveyor import metrics, tracing
+from conveyor import metrics, tracing, usage
 from conveyor.breakers import DependencyUnavailable
 from conveyor.events import Event, Payload
 from conveyor.gateway.admission import BacklogBound, TenantRate
@@ -40,8 +40,11 @@ from conveyor.gateway.models import (
     PAGE_KEY_PATTERN,
     Accepted,
     Rfc3339,
+    Day,
     JobPage,
+    JobUsage,
     JobView,
+    TenantUsage,
     RedeliverRequest,
     Redelivered,
     SubmitRequest,
@@ -237,10 +240,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                             description="The `next` of the page before.")] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
     ) -> JobPage:
-        unknown = sorted(set(request.query_params) - LIST_PARAMETERS)
-        if unknown:  # a misspelt filter must not quietly list everything
-            raise RequestValidationError([{"loc": ("query", name[:100]), "msg": "unknown query parameter",
-                                           "type": "extra_forbidden"} for name in unknown[:10]])
+        refuse_unknown_parameters(request, LIST_PARAMETERS)  # a misspelt filter must not quietly list everything
         found = await request.app.state.store.list_jobs(principal.tenant, state=state, since=_utc(since),
                                                         before=before, limit=limit + 1)
         page = found[:limit]
@@ -260,7 +260,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/jobs/{job_id}", response_model=JobView, summary="A job's status, per stage",
              responses=problems(401, 404, 429))
     async def job_status(job_id: str, request: Request, principal: Annotated[Principal, Depends(caller)]) -> JobView:
-        return JobView.of(await tenant_job(request, job_id, principal))
+        record = await tenant_job(request, job_id, principal)
+        spent = await request.app.state.store.job_usage(job_id)
+        return JobView.of(record).model_copy(update={"usage": JobUsage(tokens=spent.tokens, calls=spent.calls)})
+
+    @app.get("/usage", response_model=TenantUsage, summary="What the tenant's jobs spent on a day, and its budget",
+             responses=problems(401, 422, 429))
+    async def tenant_usage(
+        request: Request, principal: Annotated[Principal, Depends(caller)],
+        day: Annotated[Day | None, Query(description="The UTC day (YYYY-MM-DD); default today.")] = None,
+    ) -> TenantUsage:
+        refuse_unknown_parameters(request, {"day"})
+        if day is not None and day >= date.max:  # its end is past the last representable time
+            raise RequestValidationError([{"loc": ("query", "day"), "msg": "a day before 9999-12-31",
+                                           "type": "value_error"}])
+        moment = datetime(day.year, day.month, day.day, tzinfo=timezone.utc) if day else datetime.now(timezone.utc)
+        budget = request.app.state.intake.budget
+        spent = await budget.spent(principal.tenant, usage.day_of(moment), fresh=True)
+        limit = budget.limit(principal.tenant)
+        return TenantUsage(tenant=principal.tenant, day=usage.day_of(moment), tokens=spent.tokens, calls=spent.calls,
+                           jobs=spent.jobs, daily_token_budget=limit,
+                           remaining=None if limit is None else max(0, limit - spent.tokens),
+                           resets_at=usage.next_day(moment))
 
     streams = StreamSlots(settings.tenant_max_event_streams)
 
@@ -301,6 +322,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         record = await store.cancel(job_id) or record
         if record.state != JobState.cancelled:  # completed (perhaps just now): nothing left to cancel
             raise HTTPException(409, f"job {job_id} is {record.state.value}; there is nothing left to cancel")
+        # Nothing will read them again (a stage registering one later deletes it itself).
+        for blob in record.blobs:
+            await request.app.state.blobs.delete(blob)
         if first and record.callback_url:  # its callback hears `job.cancelled`, once
             record = record.model_copy(update={"delivery": await redelivery.schedule(store, record)})
         return JobView.of(record)
@@ -331,6 +355,13 @@ def _utc(moment: datetime | None) -> datetime | None:
     except OverflowError:  # an offset past year 1 or 9999
         return (datetime.min if moment.year < 5000 else datetime.max).replace(tzinfo=timezone.utc)
 
+
+
+def refuse_unknown_parameters(request: Request, known: set[str]) -> None:
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise RequestValidationError([{"loc": ("query", name[:100]), "msg": "unknown query parameter",
+                                       "type": "extra_forbidden"} for name in unknown[:10]])
 
 
 async def _chunks(file: UploadFile) -> AsyncIterator[bytes]:

@@ -24,6 +24,7 @@ from aiokafka.errors import KafkaError
 from conveyor import tracing
 from conveyor.breakers import Breaker, DependencyFailure
 from conveyor.events import Event, Payload
+from conveyor.gateway.budget import DailyTokenBudget
 from conveyor.gateway.admission import ActiveJobQuota, BacklogBound
 from conveyor.gateway.idempotency import Idempotency
 from conveyor.settings import Settings
@@ -43,13 +44,15 @@ class Intake:
         self.topic = input_topic(self.stages[0], settings.topic_prefix)
         self.producer, self.store, self.blobs, self.backlog = producer, store, blobs, backlog
         self.quota = ActiveJobQuota(store, settings.tenant_max_active_jobs)
+        self.budget = DailyTokenBudget(store, settings.tenant_daily_tokens)
         self.idempotency = Idempotency(store, settings.idempotency_ttl_seconds)
         self.broker = Breaker(f"kafka {settings.bootstrap_servers}", failures=1, probe_seconds=1, probe_max_seconds=5)
 
     async def admit(self, tenant: str) -> None:
-        """Refuse new work the tenant's quota or the pipeline cannot take (before any is stored)."""
+        """Refuse new work the tenant's quota or budget or the pipeline cannot take (before any is stored)."""
         self.backlog.check()
         await self.quota.check(tenant)
+        await self.budget.check(tenant)
 
     async def accept(self, tenant: str, idempotency_key: str | None, digest: Callable[[], str],
                      event: Callable[[str], Awaitable[Event]], *, admitted: bool = False) -> tuple[str, bool]:

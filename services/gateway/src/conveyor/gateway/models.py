@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, HttpUrl
@@ -50,6 +50,22 @@ class Accepted(BaseModel):
     status_url: str
 
 
+class JobUsage(BaseModel):
+    tokens: int = Field(description="Tokens of its answered model calls (LLM prompt and answer, embeddings).")
+    calls: int = Field(description="Answered calls to model servers.")
+
+
+class TenantUsage(BaseModel):
+    tenant: str
+    day: str = Field(description="The UTC day, YYYY-MM-DD.")
+    tokens: int
+    calls: int
+    jobs: int = Field(description="Jobs that spent anything that day.")
+    daily_token_budget: int | None = Field(None, description="The tenant's budget (CONVEYOR_TENANT_DAILY_TOKENS); None: none.")
+    remaining: int | None = Field(None, description="Tokens left of it that day (0 once spent: submissions get 429).")
+    resets_at: datetime = Field(description="When the day ends and its budget starts again.")
+
+
 class JobView(BaseModel):
     job_id: str
     tenant: str
@@ -65,6 +81,7 @@ class JobView(BaseModel):
     waiting_since: datetime | None = None
     delivery: Delivery | None = Field(None, description="The webhook's delivery, once its first attempt failed.")
     meta: dict[str, Any] = Field(default_factory=dict)
+    usage: JobUsage | None = Field(None, description="What its model calls cost so far (GET /jobs/{id} only).")
 
     @classmethod
     def of(cls, record: JobRecord) -> JobView:
@@ -74,6 +91,20 @@ class JobView(BaseModel):
                    waiting_since=waiting.waiting_since if waiting else None,
                    **record.model_dump(exclude={"state", "callback_url"}))
 
+
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _day(value: object) -> object:
+    """Only YYYY-MM-DD (pydantic would also take `0`, a Unix time)."""
+    if isinstance(value, str) and not _DAY.fullmatch(value):
+        raise ValueError("expected a day as YYYY-MM-DD, e.g. 2026-12-03")
+    if not isinstance(value, (str, date)):
+        raise ValueError("expected a day as YYYY-MM-DD, e.g. 2026-12-03")
+    return value
+
+
+Day = Annotated[date, BeforeValidator(_day)]
 
 _RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:(\d{2})(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})")
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from conveyor.errors import ConfigurationError
 from conveyor.settings import Settings
+from conveyor.usage import charge
 
 from .base import EmbeddingBackend
 from .bert import BertEncoder, mean_pool
@@ -58,10 +59,14 @@ class MiniLM:
         self.dimension = config["hidden_size"]
 
     def encode(self, texts: list[str]) -> np.ndarray:
+        return self.encode_counted(texts)[0]
+
+    def encode_counted(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
+        """The vectors, and how many tokens of each text the model read."""
         encodings = self.tokenizer.encode_batch(texts)
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-        return mean_pool(self.encoder(ids, mask), mask)
+        return mean_pool(self.encoder(ids, mask), mask), mask.sum(axis=1).tolist()
 
 
 class MiniLMBackend(EmbeddingBackend):
@@ -74,17 +79,20 @@ class MiniLMBackend(EmbeddingBackend):
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minilm")
         # Texts of every record in hand wait here together, so the model computes full batches
         # even when each record has only a few chunks.
-        self._waiting: deque[tuple[str, asyncio.Future[list[float]]]] = deque()
+        self._waiting: deque[tuple[str, asyncio.Future[tuple[list[float], int]]]] = deque()
         self._runner: asyncio.Task[None] | None = None
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
         loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[list[float]]] = [loop.create_future() for _ in texts]
+        futures: list[asyncio.Future[tuple[list[float], int]]] = [loop.create_future() for _ in texts]
         self._waiting.extend(zip(texts, futures))
         if self._runner is None or self._runner.done():
             self._runner = asyncio.create_task(self._run(), name="minilm-batches")
         try:
-            return list(await asyncio.gather(*futures))
+            results = await asyncio.gather(*futures)
+            # Local compute, no call to pay for: the tokens the model read are what it cost.
+            charge(sum(tokens for _, tokens in results), calls=0)
+            return [vector for vector, _ in results]
         finally:
             for future in futures:  # cancelled or failed: its texts are not computed any more
                 future.cancel()
@@ -92,7 +100,7 @@ class MiniLMBackend(EmbeddingBackend):
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while self._waiting:
-            batch: list[tuple[str, asyncio.Future[list[float]]]] = []
+            batch: list[tuple[str, asyncio.Future[tuple[list[float], int]]]] = []
             while self._waiting and len(batch) < self._batch:
                 text, future = self._waiting.popleft()
                 if not future.done():
@@ -100,15 +108,16 @@ class MiniLMBackend(EmbeddingBackend):
             if not batch:
                 continue
             try:
-                encoded = await loop.run_in_executor(self._thread, self._model.encode, [text for text, _ in batch])
+                encoded, tokens = await loop.run_in_executor(self._thread, self._model.encode_counted,
+                                                             [text for text, _ in batch])
             except Exception as exc:  # noqa: BLE001 - each record waiting for this batch gets the error
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
-            for (_, future), vector in zip(batch, encoded):
+            for (_, future), vector, count in zip(batch, encoded, tokens):
                 if not future.done():
-                    future.set_result(vector.tolist())
+                    future.set_result((vector.tolist(), count))
 
     async def close(self) -> None:
         if self._runner is not None:

@@ -12,6 +12,7 @@ from conveyor.errors import TransientError
 from conveyor.metrics import LLM_LATENCY
 from conveyor.openai_endpoints import open_endpoint, paced_call
 from conveyor.settings import Settings
+from conveyor.usage import charge
 
 from .base import EmbeddingBackend
 
@@ -32,8 +33,10 @@ class OpenAIEmbeddings(EmbeddingBackend):
         vectors: list[list[float]] = []
         for start in range(0, len(texts), self._batch):
             batch = texts[start:start + self._batch]
-            response = await paced_call(self.endpoint, lambda: self._create(batch),
-                                        tokens=sum(len(text) for text in batch) // 4, observe=self._observe)
+            estimate = sum(len(text) for text in batch) // 4
+            response = await paced_call(self.endpoint, lambda: self._create(batch), tokens=estimate,
+                                        observe=self._observe)
+            charge(response.usage.prompt_tokens if response.usage else estimate)
             vectors.extend(_vectors(response, len(batch)))
         return vectors
 

@@ -32,6 +32,7 @@ from conveyor.kafka.backoff import backoff_delay
 from conveyor.metrics import LLM_LATENCY, LLM_TOKENS
 from conveyor.openai_endpoints import Endpoint, open_endpoint, paced_call
 from conveyor.settings import Settings
+from conveyor.usage import charge
 
 from .base import Summary, SummarizerBackend
 from .chunks import SEPARATOR, chunk_texts
@@ -168,6 +169,8 @@ class OpenAIBackend(SummarizerBackend):
                                       tokens=prompt.estimated_tokens, observe=self._observe)
         _record_usage(completion)
         tally.count(completion)  # paid for, even if its answer is empty
+        reported = completion.usage
+        charge((reported.prompt_tokens or 0) + (reported.completion_tokens or 0) if reported else prompt.estimated_tokens)
         return Answer(_answer_text(completion), completion, endpoint)
 
     def _observe(self, outcome: str, seconds: float) -> None:
