@@ -59,7 +59,7 @@ HTTP_PAYLOAD_BYTES = Histogram(
 JOBS_SUBMITTED = Counter("conveyor_jobs_submitted_total", "Jobs accepted by the gateway.", ["kind"])
 HTTP_REFUSED = Counter(
     "conveyor_http_refused_total",
-    "Requests the gateway turned away: unauthenticated, rate_limited, quota (too many active jobs), overloaded.",
+    "Requests the gateway turned away: unauthenticated, rate_limited, quota (too many active jobs), budget (daily tokens spent), event_streams (too many open), overloaded.",
     ["reason"],
 )
 PIPELINE_BACKLOG = Gauge(

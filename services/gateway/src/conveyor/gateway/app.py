@@ -27,12 +27,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from conveyor import metrics, tracing, usage
 from conveyor.breakers import DependencyUnavailable
 from conveyor.events import Event, Payload
-from conveyor.gateway.admission import BacklogBound, TenantRate
+from conveyor.gateway.admission import BacklogBound, TenantRate, refuse
 from conveyor.gateway.answers import accepted, unavailable, validation_problem
 from conveyor.gateway.auth import Authenticate, Authenticator, Principal, caller
 from conveyor.gateway.idempotency import KEY_PATTERN
 from conveyor.gateway.intake import PRODUCE_TIMEOUT_MS, Intake
-from conveyor.gateway.job_events import EventStream, StreamSlots, TooManyStreams, job_events
+from conveyor.gateway.job_events import STREAM_RETRY_AFTER_SECONDS, EventStream, StreamSlots, TooManyStreams, job_events
 from conveyor.gateway.lag_exporter import export_lag_forever
 from conveyor.gateway.limits import BodyLimitMiddleware
 from conveyor.gateway.models import (
@@ -275,10 +275,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise RequestValidationError([{"loc": ("query", "day"), "msg": "a day before 9999-12-31",
                                            "type": "value_error"}])
         moment = datetime(day.year, day.month, day.day, tzinfo=timezone.utc) if day else datetime.now(timezone.utc)
-        budget = request.app.state.intake.budget
-        spent = await budget.spent(principal.tenant, usage.day_of(moment), fresh=True)
+        budget, which = request.app.state.intake.budget, usage.day_of(moment)
+        spent = await budget.spent(principal.tenant, which, fresh=True)
         limit = budget.limit(principal.tenant)
-        return TenantUsage(tenant=principal.tenant, day=usage.day_of(moment), tokens=spent.tokens, calls=spent.calls,
+        return TenantUsage(tenant=principal.tenant, day=which, tokens=spent.tokens, calls=spent.calls,
                            jobs=spent.jobs, daily_token_budget=limit,
                            remaining=None if limit is None else max(0, limit - spent.tokens),
                            resets_at=usage.next_day(moment))
@@ -297,7 +297,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             release = streams.acquire(principal.tenant)
         except TooManyStreams as exc:
-            raise HTTPException(429, str(exc), headers={"Retry-After": "5"}) from None
+            raise refuse(429, "event_streams", str(exc), STREAM_RETRY_AFTER_SECONDS) from None
         store = request.app.state.store
         events = job_events(lambda: store.get(job_id), record, poll_seconds=settings.event_stream_poll_seconds,
                             max_seconds=settings.event_stream_max_seconds)

@@ -28,6 +28,7 @@ from conveyor.stores.base import JobRecord, JobState
 
 ENDED = frozenset({JobState.completed, JobState.failed, JobState.cancelled})
 HEARTBEAT_SECONDS = 15.0
+STREAM_RETRY_AFTER_SECONDS = 5  # a tenant at its bound of open streams tries again after this
 
 
 class TooManyStreams(Exception):

@@ -97,11 +97,9 @@ _DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 def _day(value: object) -> object:
     """Only YYYY-MM-DD (pydantic would also take `0`, a Unix time)."""
-    if isinstance(value, str) and not _DAY.fullmatch(value):
-        raise ValueError("expected a day as YYYY-MM-DD, e.g. 2026-12-03")
-    if not isinstance(value, (str, date)):
-        raise ValueError("expected a day as YYYY-MM-DD, e.g. 2026-12-03")
-    return value
+    if isinstance(value, date) or (isinstance(value, str) and _DAY.fullmatch(value)):
+        return value
+    raise ValueError("expected a day as YYYY-MM-DD, e.g. 2026-12-03")
 
 
 Day = Annotated[date, BeforeValidator(_day)]

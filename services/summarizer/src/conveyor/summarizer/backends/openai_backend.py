@@ -167,10 +167,8 @@ class OpenAIBackend(SummarizerBackend):
         """One call, inside the endpoint's pace and breaker."""
         completion = await paced_call(endpoint, lambda: self._complete(endpoint, prompt),
                                       tokens=prompt.estimated_tokens, observe=self._observe)
-        _record_usage(completion)
+        _record_usage(completion, estimated=prompt.estimated_tokens)
         tally.count(completion)  # paid for, even if its answer is empty
-        reported = completion.usage
-        charge((reported.prompt_tokens or 0) + (reported.completion_tokens or 0) if reported else prompt.estimated_tokens)
         return Answer(_answer_text(completion), completion, endpoint)
 
     def _observe(self, outcome: str, seconds: float) -> None:
@@ -202,8 +200,13 @@ def _answer_text(completion: ChatCompletion) -> str:
     return content
 
 
-def _record_usage(completion: ChatCompletion) -> None:
+def _record_usage(completion: ChatCompletion, *, estimated: int) -> None:
+    """The call's tokens in the metrics and in the tenant's usage (the estimate when the server
+    does not say)."""
     usage = completion.usage
-    if usage is not None:
-        LLM_TOKENS.labels(kind="prompt").inc(usage.prompt_tokens or 0)
-        LLM_TOKENS.labels(kind="completion").inc(usage.completion_tokens or 0)
+    if usage is None:
+        charge(estimated)
+        return
+    LLM_TOKENS.labels(kind="prompt").inc(usage.prompt_tokens or 0)
+    LLM_TOKENS.labels(kind="completion").inc(usage.completion_tokens or 0)
+    charge((usage.prompt_tokens or 0) + (usage.completion_tokens or 0))
