@@ -107,14 +107,27 @@ def _normalize(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def _image_extras(name: str) -> list[str]:
+    """The extras the service's Dockerfile installs (`uv sync --extra X`); the cli has no image."""
+    dockerfile = _folder(name) / "Dockerfile"
+    return sorted(set(re.findall(r"--extra\s+(\S+)", dockerfile.read_text()))) if dockerfile.is_file() else []
+
+
 def _requirements(name: str) -> list[str]:
-    """What the image installs: the distribution (with its cluster extra) and the shared library
-    from its folder; for shared itself, all its extras (every backend is one of its modules)."""
-    extras = sorted(_project(name).get("optional-dependencies", {}))
+    """What the image installs: the distribution with the extras its Dockerfile names and the
+    shared library from its folder; for shared itself, all its extras (every backend is one of its
+    modules)."""
     if name == "shared":
+        extras = sorted(_project(name).get("optional-dependencies", {}))
         return [f"conveyor-shared[{','.join(extras)}] @ {SHARED.as_uri()}"]
-    suffix = "[cluster]" if "cluster" in extras else ""
+    extras = _image_extras(name)
+    suffix = f"[{','.join(extras)}]" if extras else ""
     return [f"conveyor-{name}{suffix} @ {_folder(name).as_uri()}", f"conveyor-shared @ {SHARED.as_uri()}"]
+
+
+def _workspace_overrides() -> list[str]:
+    """The workspace's override-dependencies (what uv.lock, and so every image, resolves with)."""
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["uv"].get("override-dependencies", [])
 
 
 def _expected_modules(name: str) -> set[str]:
@@ -157,6 +170,8 @@ def _build_floor_env(name: str, into: Path) -> FloorEnv:
     venv, requirements = into / "venv", into / "requirements.txt"
     python = venv / "bin" / "python"
     requirements.write_text("\n".join(_requirements(name)) + "\n")
+    overrides = into / "overrides.txt"
+    overrides.write_text("".join(f"{line}\n" for line in _workspace_overrides()))
 
     def uv(*args: str) -> str:
         # cwd outside the workspace: no uv setting of ours applies but the workspace's sources,
@@ -166,7 +181,7 @@ def _build_floor_env(name: str, into: Path) -> FloorEnv:
         return result.stdout
 
     uv("venv", "--quiet", "--python", sys.executable, str(venv))
-    lowest = ("--python", str(python), "--resolution", "lowest-direct")
+    lowest = ("--python", str(python), "--resolution", "lowest-direct", "--override", str(overrides))
     # The workspace source makes conveyor-shared editable; installed, it is a wheel like the others.
     # uv rebuilds a folder's wheel only when its pyproject.toml changes: ours are built afresh.
     ours = [arg for dist in sorted({"conveyor-shared", f"conveyor-{name}"}) for arg in ("--refresh-package", dist)]
@@ -199,10 +214,10 @@ def floor_envs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, F
 
 
 def test_every_shipped_distribution_is_checked() -> None:
-    assert DISTRIBUTIONS == ["shared", "cli", "extractor", "gateway", "notifier", "operator", "summarizer"]
+    assert DISTRIBUTIONS == ["shared", "cli", "embedder", "extractor", "gateway", "notifier", "operator", "summarizer"]
 
 
-@pytest.mark.slow  # about 25 s for all seven; the default suite runs it
+@pytest.mark.slow  # about 30 s for all eight; the default suite runs it
 @pytest.mark.parametrize("name", DISTRIBUTIONS)
 def test_every_module_imports_with_the_dependencies_at_their_floors(name: str, floor_envs: dict) -> None:
     env: FloorEnv = floor_envs[name].result()
@@ -220,7 +235,7 @@ def test_every_module_imports_with_the_dependencies_at_their_floors(name: str, f
     assert set(env.modules) == _expected_modules(name), "the probe imported other modules than the sources hold"
 
 
-@pytest.mark.slow  # about 25 s for all seven; the default suite runs it
+@pytest.mark.slow  # about 30 s for all eight; the default suite runs it
 @pytest.mark.parametrize("name", DISTRIBUTIONS)
 def test_no_floor_needs_a_compiler(name: str, floor_envs: dict) -> None:
     env: FloorEnv = floor_envs[name].result()
