@@ -24,10 +24,11 @@ pytestmark = pytest.mark.slow
 # The schema of the gateway as built (the same document the operations port serves).
 schema = schemathesis.openapi.from_dict(create_app(Settings()).openapi())
 # Schema-valid but refused by meaning, not shape: an upload's bytes must be a document (415 for
-# random bytes; real documents are accepted in test_pipeline_e2e), and a job that does not exist
-# cannot have its webhook re-sent, be cancelled or be followed (404/409).
+# random bytes; real documents are accepted in test_pipeline_e2e), and a job or document that does
+# not exist cannot have its webhook re-sent, be cancelled, followed, read or erased (404/409).
 ACCEPTANCE_NOT_EXPECTED = {("POST", "/upload"), ("POST", "/jobs/{job_id}/redeliver"), ("DELETE", "/jobs/{job_id}"),
-                           ("GET", "/jobs/{job_id}/events")}
+                           ("GET", "/jobs/{job_id}/events"), ("GET", "/documents/{document_id}"),
+                           ("DELETE", "/documents/{document_id}")}
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from conveyor.document import Block, Document
 from conveyor.embedder.backends.minilm import MiniLM, MiniLMBackend, model_folder
 from conveyor.embedder.backends.openai_backend import OpenAIEmbeddings
 from conveyor.embedder.chunking import chunk_document
-from conveyor.embedder.vectors import VectorStore, point_id
+from conveyor.embedder.vectors import Owner, VectorStore
 from conveyor.errors import PermanentError
 from conveyor.settings import Settings
 from fakes.openai_server import EMBEDDING_SIZE, FakeOpenAI, Reply, embedding_of
@@ -214,31 +214,48 @@ async def test_redelivery_rewrites_the_same_points_and_a_shorter_version_drops_t
         local_store: VectorStore) -> None:
     chunks = _chunks(5)
     vectors = [embedding_of(c.text) for c in chunks]
+    job = Owner("acme", "job-1")
     for _ in range(3):  # the same record delivered three times
-        await local_store.replace("acme", "job-1", chunks, vectors, {"user_id": "u"})
-    assert await local_store.count("acme", "job-1") == len(chunks) == 5
-    await local_store.replace("acme", "job-1", chunks[:2], vectors[:2], {"user_id": "u"})
-    assert await local_store.count("acme", "job-1") == 2
-    await local_store.replace("acme", "job-1", [], [], {})
-    assert await local_store.count("acme", "job-1") == 0
+        await local_store.replace(job, chunks, vectors, {"user_id": "u"})
+    assert await local_store.count(job) == len(chunks) == 5
+    await local_store.replace(job, chunks[:2], vectors[:2], {"user_id": "u"})
+    assert await local_store.count(job) == 2
+    await local_store.replace(job, [], [], {})
+    assert await local_store.count(job) == 0
 
 
 async def test_tenants_with_the_same_job_id_keep_separate_points(local_store: VectorStore) -> None:
     chunks = _chunks(3)
     vectors = [embedding_of(c.text) for c in chunks]
-    await local_store.replace("acme", "job-1", chunks, vectors, {})
-    await local_store.replace("globex", "job-1", chunks[:1], vectors[:1], {})
-    assert (await local_store.count("acme", "job-1"), await local_store.count("globex", "job-1")) == (3, 1)
-    assert point_id("acme", "job-1", 0) != point_id("globex", "job-1", 0)
+    await local_store.replace(Owner("acme", "job-1"), chunks, vectors, {})
+    await local_store.replace(Owner("globex", "job-1"), chunks[:1], vectors[:1], {})
+    assert (await local_store.count(Owner("acme", "job-1")), await local_store.count(Owner("globex", "job-1"))) == (3, 1)
+    assert Owner("acme", "job-1").point_id(0) != Owner("globex", "job-1").point_id(0)
+
+
+async def test_a_documents_versions_share_its_points_and_an_erasure_leaves_none(local_store: VectorStore) -> None:
+    chunks = _chunks(4)
+    vectors = [embedding_of(c.text) for c in chunks]
+    first, second = Owner("acme", "job-1", "handbook"), Owner("acme", "job-2", "handbook")
+    other = Owner("acme", "job-3", "manual")
+    await local_store.replace(first, chunks, vectors, {}, version=1.0)
+    await local_store.replace(other, chunks[:1], vectors[:1], {}, version=1.0)
+    await local_store.replace(second, chunks[:3], vectors[:3], {}, version=2.0)
+    assert await local_store.count(second) == await local_store.count(first) == 3  # the document's, either way
+    assert await local_store.written_version(first) == 2.0
+    await local_store.erase(second)
+    assert (await local_store.count(first), await local_store.count(other)) == (0, 1)
+    assert await local_store.written_version(first) is None
+    assert Owner("acme", "x", "job-1").point_id(0) != Owner("acme", "job-1").point_id(0)
 
 
 async def test_a_collection_of_another_size_is_refused_by_name(tmp_path: Path) -> None:
     settings = Settings(home=tmp_path, qdrant_collection="sized")
     store = VectorStore.open(settings, Breakers.from_settings(settings))
     try:
-        await store.replace("acme", "job-1", _chunks(1), [[1.0, 0.0, 0.0]], {})
+        await store.replace(Owner("acme", "job-1"), _chunks(1), [[1.0, 0.0, 0.0]], {})
         with pytest.raises(PermanentError, match="'sized' .* size 3, the embedding model makes 8"):
-            await store.replace("acme", "job-2", _chunks(1), [embedding_of("x")], {})
+            await store.replace(Owner("acme", "job-2"), _chunks(1), [embedding_of("x")], {})
     finally:
         await store.close()
 
@@ -280,7 +297,7 @@ async def test_a_qdrant_server_that_is_down_is_waited_out_not_charged(unavailabl
     try:
         for _ in range(2):
             with pytest.raises(DependencyUnavailable) as raised:
-                await store.replace("acme", "job-1", _chunks(1), [embedding_of("x")], {})
+                await store.replace(Owner("acme", "job-1"), _chunks(1), [embedding_of("x")], {})
             assert not raised.value.charge
         assert store.blocked() == f"qdrant 127.0.0.1:{url.rsplit(':', 1)[1]}"
     finally:

@@ -43,6 +43,8 @@ async def test_requests_without_a_valid_credential_are_401_on_every_route(broker
             await client.post("/jobs/anything/redeliver", headers=headers),
             await client.get("/jobs/anything/events", headers=headers),
             await client.get("/usage", headers=headers),
+            await client.get("/documents/handbook/intro", headers=headers),
+            await client.delete("/documents/handbook/intro", headers=headers),
             await client.get("/no-such-route", headers=headers),
         ]
         probes = [await client.get("/healthz"), await client.get("/readyz")]

@@ -166,6 +166,29 @@ async def test_a_tenants_jobs_are_listed_newest_first_filtered_and_paged(store: 
     assert await store.list_jobs("nobody") == []
 
 
+async def test_a_documents_versions_are_listed_apart_and_a_discarded_version_leaves_every_listing(
+        store: JobStore) -> None:
+    versions = []
+    for _ in range(3):
+        versions.append(_record(tenant="acme").model_copy(update={"document_id": "handbook/intro"}))
+        await store.create(versions[-1], submission=b"{}")
+        await asyncio.sleep(0.002)
+    await store.create(_record(tenant="acme").model_copy(update={"document_id": "other"}))
+    await store.create(_record(tenant="globex").model_copy(update={"document_id": "handbook/intro"}))
+    await store.keep_dead_letter("extractor", b'{"letter": 1}', job_id=versions[0].job_id)
+    await store.schedule_delivery(versions[0].job_id, host="example.com:443", due=0)
+    listed = await store.list_jobs("acme", document="handbook/intro")
+    assert [r.job_id for r in listed] == [v.job_id for v in reversed(versions)]
+
+    await store.discard(versions[0].job_id)
+    assert [r.job_id for r in await store.list_jobs("acme", document="handbook/intro")] == \
+        [versions[2].job_id, versions[1].job_id]
+    assert versions[0].job_id not in {r.job_id for r in await store.list_jobs("acme")}
+    assert await store.dead_letters() == []
+    assert await store.claim_due_deliveries(time.time(), limit=10, lease_seconds=5) == []
+    assert len(await store.list_jobs("globex", document="handbook/intro")) == 1
+
+
 async def test_a_cancelled_job_is_skipped_and_nothing_more_is_written_for_it(store: JobStore) -> None:
     record, done = _record(tenant="acme"), _record(tenant="acme")
     for job in (record, done):

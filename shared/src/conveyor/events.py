@@ -20,6 +20,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 SCHEMA_VERSION = 1
+# A tenant's name for a document it submits versions of: printable ASCII, no spaces, bounded.
+DOCUMENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,199}$"
 SUPPORTED_VERSIONS = frozenset({1})
 
 
@@ -86,7 +88,15 @@ class Event(BaseModel):
     payload: Payload
     summary: str | None = None
     failure: Failure | None = Field(None, description="Set on the notice of a job that failed in a stage.")
+    document_id: str | None = Field(None, pattern=DOCUMENT_ID_PATTERN,
+                                    description="The tenant's document this job is a version of.")
+    erasure: bool = Field(False, description="Erases `document_id` in every stage that stores something of it.")
     meta: dict[str, Any] = Field(default_factory=dict)
+
+    def partition_key(self) -> bytes:
+        """The record key: a document's versions (and its erasure) share one, so every stage sees
+        them in the order they were submitted, one at a time; other jobs are keyed by job id."""
+        return (document_key(self.tenant, self.document_id) if self.document_id else self.job_id).encode()
 
     def to_bytes(self) -> bytes:
         return self.model_dump_json().encode("utf-8")
@@ -108,6 +118,11 @@ class Event(BaseModel):
         """A handler's output: same job, fresh attempt count and timestamp. The runtime addresses
         it to the stage that reads its output topic."""
         return self.model_copy(update={"attempt": 1, "emitted_at": utcnow(), **changes})
+
+
+def document_key(tenant: str, document_id: str) -> str:
+    """A document's identity across tenants (tenant names have no `/`)."""
+    return f"{tenant}/{document_id}"
 
 
 def _unsupported(version: object) -> str:

@@ -18,6 +18,9 @@ An outage is not the record's fault. A handler whose dependency is unavailable r
 waiting for that dependency, and waits in the window, holding no handler slot, until the breaker
 admits a call again; it is never dead-lettered for it. When a stage says a dependency that every
 record needs is down (`Stage.blocked`), the worker also stops fetching: the log holds the work.
+
+A document's erasure is a record like any other, with the same delivery semantics: each stage runs
+its `Stage.erase` on it (or nothing) and passes it on; the last stage forgets the versions' records.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from conveyor.kafka.clients import make_consumer, make_producer
 from conveyor.kafka.dead_letters import dead_letter_for
 from conveyor.kafka.offsets import PartitionOffsets
 from conveyor.settings import Settings
+from conveyor.stores import documents
 from conveyor.stores.base import JobStore, StageState
 from conveyor.stores.records import with_blob
 from conveyor.stores.blobs import BlobStore
@@ -77,6 +81,8 @@ class Stage:
     completes_jobs: bool = False
     # Tell the notifier about a job that fails here, so its callback hears of it (not the notifier's own).
     reports_failures: bool = True
+    # Erases what the stage stored of a document (an erasure event); None: it stores nothing.
+    erase: Callable[[Event], Awaitable[None]] | None = None
 
 
 class WorkerDied(Exception):
@@ -374,7 +380,8 @@ class StageWorker:
 
     @asynccontextmanager
     async def _one_at_a_time(self, key: bytes | None) -> AsyncIterator[None]:
-        """Serialize records of one job; records without a key carry no job and run freely."""
+        """Serialize records of one key (a job, or every version of a document); records without
+        a key carry no job and run freely."""
         if key is None:
             yield
             return
@@ -426,6 +433,12 @@ class StageWorker:
         stage = self.stage.name
         claim = await self.store.claim_attempt(event.job_id, stage, max_attempts=self.settings.max_attempts,
                                                skip_done=self.stage.skip_done)
+        if claim.action == "run" and claim.attempt == 1 and event.document_id and not event.erasure \
+                and await self.store.get(event.job_id) is None:
+            # A version of an erased document (replayed from a DLQ, say): nothing is written for it.
+            log.info("%s: job %s is a version of an erased document; skipping it", stage, event.job_id)
+            self._metrics.skipped.inc()
+            return None
         if claim.action == "skip":
             self._metrics.skipped.inc()
             log.info("%s: job %s already done, skipping redelivery", stage, event.job_id)
@@ -477,6 +490,12 @@ class StageWorker:
         """The handler succeeded: its output goes on to the next stage, or, in the last stage,
         the job completes with it."""
         stage, bindings = self.stage.name, self.bindings
+        if event.erasure and bindings.last:
+            forgotten = await documents.forget(self.store, self.blobs, event.tenant, event.document_id or "")
+            log.info("%s: document %s erased (%d version(s))", stage, event.document_id, forgotten)
+            await self.store.finish(event.job_id, stage, attempts=attempt, summary="",
+                                    meta={"versions_erased": forgotten})
+            return
         if bindings.last and not self.stage.completes_jobs:
             await self._delete_blobs(event.job_id)
             await self.store.finish(event.job_id, stage, attempts=attempt, summary=output.summary if output else None,
@@ -547,7 +566,7 @@ class StageWorker:
             # Its own task, so that a cancellation of the job can stop it alone (see _stop_cancelled_forever);
             # the task counts what its model calls cost in its own tally.
             with usage.counting() as spent:
-                handler = asyncio.ensure_future(self.stage.handler(event))
+                handler = asyncio.ensure_future(self._erase(event) if event.erasure else self.stage.handler(event))
             self._handlers[event.job_id] = handler
             try:
                 async with asyncio.timeout(timeout):
@@ -565,6 +584,12 @@ class StageWorker:
                 self._metrics.in_flight.dec()
                 if spent.spent:
                     await self._record_usage(event, spent)
+
+    async def _erase(self, event: Event) -> Event:
+        """An erasure's handler: the stage's own erase, if it stores anything, then it goes on."""
+        if self.stage.erase is not None:
+            await self.stage.erase(event)
+        return event.next()
 
     async def _record_usage(self, event: Event, spent: usage.Tally) -> None:
         """What this run of the handler spent, for its tenant's day (a failed write is only logged:
@@ -585,7 +610,7 @@ class StageWorker:
         async def send() -> None:
             with tracing.produce_span(topic, job_id=event.job_id):
                 traced = event.model_copy(update={"trace": tracing.trace_dict()})
-                await self._producer.send_and_wait(topic, traced.to_bytes(), key=event.job_id.encode(),
+                await self._producer.send_and_wait(topic, traced.to_bytes(), key=event.partition_key(),
                                                    headers=tracing.kafka_headers())
 
         await self._until_acknowledged(send, f"job {event.job_id} to {topic}")

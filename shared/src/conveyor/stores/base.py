@@ -95,6 +95,11 @@ class JobRecord(BaseModel):
     meta: dict[str, Any] = Field(default_factory=dict)
     blobs: list[BlobRef] = Field(default_factory=list,
                                  description="Blobs the job's payloads live in: deleted once it completes.")
+    document_id: str | None = Field(None, description="The tenant's document this job is a version of.")
+    content_sha256: str | None = Field(None, description="Of the version's content and content type.")
+    unchanged_from: str | None = Field(None, description="The completed version whose content this one repeats: "
+                                                         "it completed at once with that version's summary.")
+    erases: str | None = Field(None, description="The document this job erases (an erasure, not a version).")
 
     def webhook_id(self) -> str:
         """The same on every attempt of one outcome's webhook: the job id for its completion,
@@ -159,8 +164,9 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     async def discard(self, job_id: str) -> None:
-        """Forget a job that was never accepted (its event could not be published): its record,
-        its place in the active count and its submission."""
+        """Forget a job entirely: one that was never accepted (its event could not be published),
+        or a version of an erased document. Its record, its place in the active count and in
+        listings, its submission, its kept dead letters and its scheduled delivery go."""
 
     @abc.abstractmethod
     async def unfinished_submissions(self) -> list[tuple[str, bytes]]:
@@ -168,9 +174,9 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     async def list_jobs(self, tenant: str, *, state: JobState | None = None, since: datetime | None = None,
-                        before: str | None = None, limit: int = 50) -> list[JobRecord]:
-        """The tenant's jobs, newest first: those in `state`, updated at or after `since`, created
-        before the job whose `page_key` is `before`; at most `limit`."""
+                        before: str | None = None, limit: int = 50, document: str | None = None) -> list[JobRecord]:
+        """The tenant's jobs, newest first: those in `state`, updated at or after `since`, versions
+        of `document`, created before the job whose `page_key` is `before`; at most `limit`."""
 
     @abc.abstractmethod
     async def keep_dead_letter(self, stage: str, letter: bytes, *, job_id: str | None) -> None:

@@ -18,7 +18,8 @@ An idempotency key is a string `<prefix>idempotency:<tenant>:<sha256 of the key>
 Each tenant's unfinished jobs are a sorted set `<prefix>active:<tenant>` (job id by last update),
 for the active-job quota; with `ttl_seconds`, members older than that are dropped as their
 records expire. Every job is in its tenant's sorted set `<prefix>jobs:<tenant>` (by creation
-time), for listing; members whose record expired are dropped as a listing meets them. An
+time), for listing, and a version of a document also in `<prefix>versions:<tenant>/<document>`;
+members whose record expired are dropped as a listing meets them. An
 unfinished job's first event is a string `<prefix>submission:<job_id>`, deleted when the job
 finishes, to re-drive it if the events in flight are lost. Copies of dead letters are a list
 `<prefix>dead-letters` of `<stage> <letter>` entries, with a set `<prefix>dead-letters:<job_id>`
@@ -127,7 +128,10 @@ class RedisJobStore(JobStore):
                 pipe.expire(key, self.ttl_seconds)
             created = (await pipe.execute())[0]
         if created:
-            await self._redis.zadd(self._jobs(record.tenant), {record.job_id: record.created_at.timestamp()}, nx=True)
+            listed = {record.job_id: record.created_at.timestamp()}
+            await self._redis.zadd(self._jobs(record.tenant), listed, nx=True)
+            if record.document_id is not None:
+                await self._redis.zadd(self._versions(record.tenant, record.document_id), listed, nx=True)
         if created and not record.finished():
             await self._redis.zadd(self._active(record.tenant), {record.job_id: time.time()}, nx=True)
             if submission is not None:  # events are UTF-8 JSON; the client decodes to text
@@ -141,11 +145,15 @@ class RedisJobStore(JobStore):
             if record is not None:
                 pipe.zrem(self._active(record.tenant), job_id)
                 pipe.zrem(self._jobs(record.tenant), job_id)
+                if record.document_id is not None:
+                    pipe.zrem(self._versions(record.tenant, record.document_id), job_id)
             await pipe.execute()
+        await self._forget_dead_letters(job_id)
+        await self.unschedule_delivery(job_id)
 
     async def list_jobs(self, tenant: str, *, state: JobState | None = None, since: datetime | None = None,
-                        before: str | None = None, limit: int = 50) -> list[JobRecord]:
-        key, found = self._jobs(tenant), []
+                        before: str | None = None, limit: int = 50, document: str | None = None) -> list[JobRecord]:
+        key, found = (self._jobs(tenant) if document is None else self._versions(tenant, document)), []
         newest = "+inf"
         if before is not None:
             newest = f"({datetime.fromisoformat(before.partition('|')[0].replace('Z', '+00:00')).timestamp()}"
@@ -300,6 +308,9 @@ class RedisJobStore(JobStore):
 
     def _jobs(self, tenant: str) -> str:
         return f"{self.prefix}jobs:{tenant}"
+
+    def _versions(self, tenant: str, document_id: str) -> str:
+        return f"{self.prefix}versions:{tenant}/{document_id}"
 
     def _submission(self, job_id: str) -> str:
         return f"{self.prefix}submission:{job_id}"

@@ -35,6 +35,9 @@ _SCHEMA = (
     # A tenant's jobs, newest first (GET /jobs).
     "CREATE INDEX IF NOT EXISTS jobs_by_tenant ON jobs "
     "(json_extract(record, '$.tenant'), json_extract(record, '$.created_at'), job_id)",
+    # A document's versions (GET /jobs?document=), newest first.
+    "CREATE INDEX IF NOT EXISTS jobs_by_document ON jobs (json_extract(record, '$.tenant'), "
+    "json_extract(record, '$.document_id'), json_extract(record, '$.created_at'), job_id)",
     # Copies of the dead letters the stages published, until their job completes.
     "CREATE TABLE IF NOT EXISTS dead_letters (id INTEGER PRIMARY KEY, stage TEXT NOT NULL, job_id TEXT, "
     "letter BLOB NOT NULL)",
@@ -302,7 +305,7 @@ class SqliteJobStore(JobStore):
         def forget(db: sqlite3.Connection) -> None:
             with db:
                 db.execute("BEGIN IMMEDIATE")
-                for table in ("jobs", "active_jobs", "submissions"):
+                for table in ("jobs", "active_jobs", "submissions", "dead_letters", "deliveries"):
                     db.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
 
         await self._run(forget)
@@ -312,8 +315,11 @@ class SqliteJobStore(JobStore):
             "SELECT s.job_id, s.event FROM submissions s JOIN active_jobs a ON a.job_id = s.job_id").fetchall())
 
     async def list_jobs(self, tenant: str, *, state: JobState | None = None, since: datetime | None = None,
-                        before: str | None = None, limit: int = 50) -> list[JobRecord]:
+                        before: str | None = None, limit: int = 50, document: str | None = None) -> list[JobRecord]:
         where, args = ["json_extract(record, '$.tenant') = ?"], [tenant]
+        if document is not None:
+            where.append("json_extract(record, '$.document_id') = ?")
+            args.append(document)
         if state is not None:
             where.append("json_extract(record, '$.state') = ?")
             args.append(state.value)

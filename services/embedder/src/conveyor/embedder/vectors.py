@@ -1,10 +1,12 @@
 """The vector store the embedder writes to: Qdrant, embedded in the process (a folder, for one
 machine) or a server (CONVEYOR_QDRANT_URL, on Kubernetes).
 
-A job's chunk `i` is always the same point, its id derived from tenant, job and `i`, so a
-redelivered record overwrites its own vectors instead of adding copies; chunks a shorter version
-of the job left beyond the new count are deleted. Each point's payload names its tenant and job,
-so searches are filtered to one tenant.
+Chunks belong to an owner: a tenant's document (whichever version wrote them) or, without a
+document id, a job. An owner's chunk `i` is always the same point, its id derived from the owner
+and `i`, so a redelivered record, or a new version of the document, overwrites the vectors instead
+of adding copies; chunks beyond the new count are deleted. Each point's payload names its tenant,
+job and document, so searches are filtered to one tenant, and the version that wrote it, so an
+older version (a dead letter replayed late) never overwrites a newer one's vectors.
 
 A Qdrant server has its own circuit breaker: while it is down, the stage waits for it and the
 records wait in the log, uncharged.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -32,18 +35,27 @@ T = TypeVar("T")
 POINT_NAMESPACE = uuid.UUID("6f1c7d1e-5b0a-4c1e-9a7e-3c0f2d9b8a41")
 
 
-def point_id(tenant: str, job_id: str, chunk: int) -> str:
-    return str(uuid.uuid5(POINT_NAMESPACE, f"{tenant}/{job_id}/{chunk}"))
+@dataclass(frozen=True)
+class Owner:
+    """Whose chunks these are: the tenant's document, or the job when it names none."""
 
+    tenant: str
+    job_id: str
+    document_id: str | None = None
 
-def _job_filter(tenant: str, job_id: str, *, from_chunk: int | None = None) -> models.Filter:
-    must: list[models.Condition] = [
-        models.FieldCondition(key="tenant", match=models.MatchValue(value=tenant)),
-        models.FieldCondition(key="job_id", match=models.MatchValue(value=job_id)),
-    ]
-    if from_chunk is not None:
-        must.append(models.FieldCondition(key="chunk", range=models.Range(gte=from_chunk)))
-    return models.Filter(must=must)
+    def point_id(self, chunk: int) -> str:
+        owner = f"document:{self.document_id}" if self.document_id is not None else self.job_id
+        return str(uuid.uuid5(POINT_NAMESPACE, f"{self.tenant}/{owner}/{chunk}"))
+
+    def filter(self, *, from_chunk: int | None = None) -> models.Filter:
+        field, value = ("document_id", self.document_id) if self.document_id is not None else ("job_id", self.job_id)
+        must: list[models.Condition] = [
+            models.FieldCondition(key="tenant", match=models.MatchValue(value=self.tenant)),
+            models.FieldCondition(key=field, match=models.MatchValue(value=value)),
+        ]
+        if from_chunk is not None:
+            must.append(models.FieldCondition(key="chunk", range=models.Range(gte=from_chunk)))
+        return models.Filter(must=must)
 
 
 class VectorStore:
@@ -78,34 +90,52 @@ class VectorStore:
     def blocked(self) -> str | None:
         return self.name if self._breaker is not None and self._breaker.is_open else None
 
-    async def replace(self, tenant: str, job_id: str, chunks: Sequence[Chunk], vectors: Sequence[list[float]],
-                      payload: dict[str, Any]) -> None:
-        """The job's chunks are exactly these, with these vectors."""
+    async def replace(self, owner: Owner, chunks: Sequence[Chunk], vectors: Sequence[list[float]],
+                      payload: dict[str, Any], *, version: float = 0.0) -> None:
+        """The owner's chunks are exactly these, with these vectors; `version` (the submission
+        time of the job that wrote them) is kept with each."""
         if vectors:
             await self._ensure_collection(len(vectors[0]))
             points = [
-                models.PointStruct(id=point_id(tenant, job_id, chunk.index), vector=vector, payload={
-                    **payload, "tenant": tenant, "job_id": job_id, "chunk": chunk.index,
-                    "heading": chunk.heading, "text": chunk.text,
+                models.PointStruct(id=owner.point_id(chunk.index), vector=vector, payload={
+                    **payload, "tenant": owner.tenant, "job_id": owner.job_id, "document_id": owner.document_id,
+                    "version": version, "chunk": chunk.index, "heading": chunk.heading, "text": chunk.text,
                 })
                 for chunk, vector in zip(chunks, vectors)
             ]
             await self._call(lambda: self._client.upsert(self.collection, points=points, wait=True))
         elif not await self._call(lambda: self._client.collection_exists(self.collection)):
             return  # nothing was ever written, so nothing is left over
-        stale = self._beyond(tenant, job_id, len(chunks))
-        await self._call(lambda: self._client.delete(self.collection, points_selector=stale, wait=True))
+        await self._delete(owner, from_chunk=len(chunks))
 
-    def _beyond(self, tenant: str, job_id: str, count: int) -> models.FilterSelector | models.PointIdsList:
-        """The job's points from chunk `count` on. A server finds them by its payload indexes; the
-        embedded store has none and would scan every point, so it is given their ids instead:
-        every id a chunk index below the most chunks a document may have could take."""
+    async def erase(self, owner: Owner) -> None:
+        """Every chunk of the owner goes."""
+        if await self._call(lambda: self._client.collection_exists(self.collection)):
+            await self._delete(owner, from_chunk=0)
+
+    async def written_version(self, owner: Owner) -> float | None:
+        """The version that wrote the owner's chunks (None: none are stored)."""
+        if not await self._call(lambda: self._client.collection_exists(self.collection)):
+            return None
+        found = await self._call(lambda: self._client.retrieve(self.collection, [owner.point_id(0)],
+                                                               with_payload=["version"]))
+        return float((found[0].payload or {}).get("version", 0.0)) if found else None
+
+    async def _delete(self, owner: Owner, *, from_chunk: int) -> None:
+        """The owner's points from chunk `from_chunk` on. A server finds them by its payload
+        indexes; the embedded store has none and would scan every point, so it is given their ids
+        instead: every id a chunk index below the most chunks a document may have could take."""
+        selector: models.FilterSelector | models.PointIdsList
         if self._breaker is not None:
-            return models.FilterSelector(filter=_job_filter(tenant, job_id, from_chunk=count))
-        return models.PointIdsList(points=[point_id(tenant, job_id, i) for i in range(count, self._max_chunks)])
+            selector = models.FilterSelector(filter=owner.filter(from_chunk=from_chunk))
+        else:
+            selector = models.PointIdsList(points=[owner.point_id(i) for i in range(from_chunk, self._max_chunks)])
+        await self._call(lambda: self._client.delete(self.collection, points_selector=selector, wait=True))
 
-    async def count(self, tenant: str, job_id: str) -> int:
-        result = await self._call(lambda: self._client.count(self.collection, count_filter=_job_filter(tenant, job_id)))
+    async def count(self, owner: Owner) -> int:
+        if not await self._call(lambda: self._client.collection_exists(self.collection)):
+            return 0
+        result = await self._call(lambda: self._client.count(self.collection, count_filter=owner.filter()))
         return result.count
 
     async def _ensure_collection(self, dimension: int) -> None:
@@ -120,7 +150,8 @@ class VectorStore:
                     raise  # not a concurrent creation by another worker
             if self._breaker is not None:  # a server filters by payload faster with indexes
                 for field, schema in (("tenant", models.PayloadSchemaType.KEYWORD),
-                                      ("job_id", models.PayloadSchemaType.KEYWORD)):
+                                      ("job_id", models.PayloadSchemaType.KEYWORD),
+                                      ("document_id", models.PayloadSchemaType.KEYWORD)):
                     await self._call(lambda: self._client.create_payload_index(self.collection, field, schema))
         info = await self._call(lambda: self._client.get_collection(self.collection))
         size = _vector_size(info)

@@ -44,7 +44,7 @@ def unavailable(exc: DependencyUnavailable) -> tuple[int, dict[str, Any], list[t
         [(b"retry-after", retry_after.encode())]
 
 
-def accepted(public_url: str, scope: Scope, job_id: str) -> dict[str, str]:
+def accepted(public_url: str, scope: Scope, job_id: str, state: JobState = JobState.queued) -> dict[str, str]:
     """The 202 body: the job and where to follow it (under `CONVEYOR_PUBLIC_URL`, or the URL the
     client called)."""
     base = public_url.rstrip("/")
@@ -54,4 +54,4 @@ def accepted(public_url: str, scope: Scope, job_id: str) -> dict[str, str]:
             server_host, server_port = scope.get("server") or ("localhost", 80)
             host = f"{server_host}:{server_port}"
         base = f"{scope.get('scheme', 'http')}://{host}{scope.get('root_path', '')}".rstrip("/")
-    return {"job_id": job_id, "status": JobState.queued.value, "status_url": f"{base}/jobs/{job_id}"}
+    return {"job_id": job_id, "status": state.value, "status_url": f"{base}/jobs/{job_id}"}

@@ -11,6 +11,7 @@ import gc
 import hashlib
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from datetime import date, datetime, timezone
 from contextlib import asynccontextmanager
@@ -26,16 +27,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from conveyor import metrics, tracing, usage
 from conveyor.breakers import DependencyUnavailable
-from conveyor.events import Event, Payload
+from conveyor.events import DOCUMENT_ID_PATTERN, Payload
 from conveyor.gateway.admission import BacklogBound, TenantRate, refuse
 from conveyor.gateway.answers import accepted, unavailable, validation_problem
 from conveyor.gateway.auth import Authenticate, Authenticator, Principal, caller
 from conveyor.gateway.idempotency import KEY_PATTERN
-from conveyor.gateway.intake import PRODUCE_TIMEOUT_MS, Intake
+from conveyor.gateway.intake import PRODUCE_TIMEOUT_MS, Intake, Submission
+from conveyor.gateway.documents import DocumentView, ErasureAccepted, content_sha256
 from conveyor.gateway.job_events import STREAM_RETRY_AFTER_SECONDS, EventStream, StreamSlots, TooManyStreams, job_events
 from conveyor.gateway.lag_exporter import export_lag_forever
 from conveyor.gateway.limits import BodyLimitMiddleware
 from conveyor.gateway.models import (
+    DOCUMENT_ID_DESCRIPTION,
     MAX_CONTENT_TYPE_CHARS,
     PAGE_KEY_PATTERN,
     Accepted,
@@ -51,7 +54,7 @@ from conveyor.gateway.models import (
     problems,
 )
 from conveyor.gateway.observability import ObserveRequests
-from conveyor.gateway import redelivery
+from conveyor.gateway import documents, redelivery
 from conveyor.gateway.operations import serve_operations
 from conveyor.gateway.lean import LeanFastAPI
 from conveyor.gateway.submit_route import SubmitEndpoint
@@ -61,6 +64,7 @@ from conveyor.settings import Settings, get_settings
 from conveyor.stores import open_blob_store, open_job_store
 from conveyor.stores.base import JobRecord, JobState
 from conveyor.stores.blobs import BlobTooLarge
+from conveyor.stores.documents import versions as document_versions
 from conveyor.topics import all_topics
 
 log = logging.getLogger(__name__)
@@ -77,7 +81,8 @@ SUPPORTED_SUFFIXES = (".txt", ".text", ".md", ".markdown", ".rst", ".csv", ".htm
                       ".docx")
 
 
-LIST_PARAMETERS = {"state", "since", "before", "limit"}
+DOCUMENT_ID = re.compile(DOCUMENT_ID_PATTERN)
+LIST_PARAMETERS = {"state", "since", "before", "limit", "document"}
 
 IdempotencyKey = Annotated[str | None, Header(
     alias="Idempotency-Key", pattern=KEY_PATTERN,
@@ -174,6 +179,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         file: Annotated[UploadFile, File(description="HTML, PDF, DOCX or plain text in any common charset.")],
         user_id: Annotated[str, Form(min_length=1, max_length=256)],
         callback_url: Annotated[str | None, Form()] = None,
+        document_id: Annotated[str | None, Form(pattern=DOCUMENT_ID_PATTERN, description=DOCUMENT_ID_DESCRIPTION)] = None,
         idempotency_key: IdempotencyKey = None,
     ) -> JSONResponse:
         intake: Intake = request.app.state.intake
@@ -203,24 +209,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 raise HTTPException(413, str(exc)) from exc
             if ref.size == 0:
                 raise HTTPException(400, "uploaded file is empty")
-            payload, size = Payload(blob=ref, content_type=content_type, filename=filename), ref.size
+            payload, size, content = Payload(blob=ref, content_type=content_type, filename=filename), ref.size, ref.sha256
         else:
             data = await file.read()
             payload = Payload.from_bytes(data, content_type=content_type, filename=filename)
+            content = hashlib.sha256(data).hexdigest()
+        metrics.HTTP_PAYLOAD_BYTES.labels("/upload").observe(size)
+        metrics.JOBS_SUBMITTED.labels("upload").inc()
 
-        async def event(job_id: str) -> Event:
-            metrics.HTTP_PAYLOAD_BYTES.labels("/upload").observe(size)
-            metrics.JOBS_SUBMITTED.labels("upload").inc()
-            return request.app.state.intake.new_event(job_id, principal.tenant, user_id, payload, callback_url, size=size)
+        async def built() -> Payload:
+            return payload
 
         def digest() -> str:
-            content = payload.blob.sha256 if payload.blob else hashlib.sha256(data).hexdigest()
-            return hashlib.sha256(json.dumps([content, content_type, filename, user_id, callback_url]).encode()).hexdigest()
+            return hashlib.sha256(json.dumps([content, content_type, filename, user_id, callback_url,
+                                              document_id]).encode()).hexdigest()
 
-        job_id, new = await intake.accept(principal.tenant, idempotency_key, digest, event, admitted=True)
-        if payload.blob and not new:
-            await request.app.state.blobs.delete(payload.blob)  # a repeat: the first request's blob is the job's
-        return JSONResponse(accepted(settings.public_url, request.scope, job_id), status_code=202)
+        submission = Submission(tenant=principal.tenant, user_id=user_id, callback_url=callback_url, payload=built,
+                                document_id=document_id, meta={"size": size},
+                                content_sha256=content_sha256(content_type, content) if document_id else None)
+        admission = await intake.accept(submission, idempotency_key, digest, admitted=True)
+        if payload.blob and (not admission.new or admission.state == JobState.completed):
+            # A repeat (the first request's blob is the job's), or an unchanged version: nothing reads it.
+            await request.app.state.blobs.delete(payload.blob)
+        return JSONResponse(accepted(settings.public_url, request.scope, admission.job_id, admission.state),
+                            status_code=202)
 
     async def tenant_job(request: Request, job_id: str, principal: Principal) -> JobRecord:
         """The job, when it is the caller's tenant's; another tenant's job is 404 like a missing one."""
@@ -239,10 +251,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         before: Annotated[str | None, Query(pattern=PAGE_KEY_PATTERN,
                                             description="The `next` of the page before.")] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        document: Annotated[str | None, Query(pattern=DOCUMENT_ID_PATTERN,
+                                              description="Only the versions of this document.")] = None,
     ) -> JobPage:
         refuse_unknown_parameters(request, LIST_PARAMETERS)  # a misspelt filter must not quietly list everything
         found = await request.app.state.store.list_jobs(principal.tenant, state=state, since=_utc(since),
-                                                        before=before, limit=limit + 1)
+                                                        before=before, limit=limit + 1, document=document)
         page = found[:limit]
         return JobPage(jobs=[JobView.of(record) for record in page],
                        next=page[-1].page_key() if len(found) > limit else None)
@@ -328,6 +342,38 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if first and record.callback_url:  # its callback hears `job.cancelled`, once
             record = record.model_copy(update={"delivery": await redelivery.schedule(store, record)})
         return JobView.of(record)
+
+    # `{document_id:path}`: document ids may hold `/`.
+    @app.get("/documents/{document_id:path}", response_model=DocumentView,
+             summary="A document: its newest completed version's summary, and how many versions it has",
+             responses=problems(401, 404, 429))
+    async def document(document_id: str, request: Request,
+                       principal: Annotated[Principal, Depends(caller)]) -> DocumentView:
+        found = await tenant_document(request, document_id, principal)
+        return documents.view(document_id, found)
+
+    @app.delete("/documents/{document_id:path}", response_model=ErasureAccepted, status_code=202,
+                summary="Erase a document everywhere: its versions' jobs, blobs, summaries and vectors",
+                responses=problems(401, 404, 429, 503))
+    async def erase_document(document_id: str, request: Request,
+                             principal: Annotated[Principal, Depends(caller)]) -> ErasureAccepted:
+        found = await tenant_document(request, document_id, principal)
+        intake: Intake = request.app.state.intake
+        await documents.withdraw(request.app.state.store, request.app.state.blobs, found)
+        erasure = documents.erasure_event(intake.stages[0], principal.tenant, document_id, principal.subject)
+        await intake.publish(erasure)
+        answer = accepted(settings.public_url, request.scope, erasure.job_id)
+        return ErasureAccepted(document_id=document_id, job_id=erasure.job_id, status_url=answer["status_url"],
+                               versions=len(found))
+
+    async def tenant_document(request: Request, document_id: str, principal: Principal) -> list[JobRecord]:
+        """The document's versions, when the caller's tenant has any (404 otherwise, like a job)."""
+        if not DOCUMENT_ID.fullmatch(document_id):
+            raise HTTPException(404, "no such document: a document id is 1 to 200 letters, digits and ._:@/+=-")
+        found = await document_versions(request.app.state.store, principal.tenant, document_id)
+        if not found:
+            raise HTTPException(404, f"no document {document_id}")
+        return found
 
     @app.get("/healthz", summary="Liveness")
     async def healthz() -> dict[str, str]:

@@ -8,12 +8,18 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, HttpUrl
 
+from conveyor.events import DOCUMENT_ID_PATTERN
 from conveyor.stores.base import Delivery, JobRecord, JobState, StageProgress
 
 
 MAX_CONTENT_TYPE_CHARS = 200
 # type/subtype, optional parameters; printable ASCII only, so no header or log line can be forged.
 CONTENT_TYPE_PATTERN = r"^[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(;[ -~]*)?$"
+
+
+DOCUMENT_ID_DESCRIPTION = ("Your name for the document this is a version of: a new version replaces its "
+                           "summary and vectors; one with the last completed version's content completes at once "
+                           "as unchanged.")
 
 
 class SubmitRequest(BaseModel):
@@ -23,6 +29,8 @@ class SubmitRequest(BaseModel):
     content_type: str = Field("text/plain", max_length=MAX_CONTENT_TYPE_CHARS, pattern=CONTENT_TYPE_PATTERN,
                               description="e.g. text/plain or text/html.")
     callback_url: HttpUrl | None = Field(None, description="POSTed the signed result when done.")
+    document_id: str | None = Field(None, pattern=DOCUMENT_ID_PATTERN, examples=["handbook/chapter-1"],
+                                    description=DOCUMENT_ID_DESCRIPTION)
 
 
 class Problem(BaseModel):
@@ -82,6 +90,10 @@ class JobView(BaseModel):
     delivery: Delivery | None = Field(None, description="The webhook's delivery, once its first attempt failed.")
     meta: dict[str, Any] = Field(default_factory=dict)
     usage: JobUsage | None = Field(None, description="What its model calls cost so far (GET /jobs/{id} only).")
+    document_id: str | None = Field(None, description="The document this job is a version of.")
+    content_sha256: str | None = Field(None, description="A version's content hash.")
+    unchanged_from: str | None = Field(None, description="An unchanged version: the job whose result it repeats.")
+    erases: str | None = Field(None, description="An erasure: the document it erases.")
 
     @classmethod
     def of(cls, record: JobRecord) -> JobView:

@@ -23,9 +23,11 @@ from starlette.types import Receive, Scope, Send
 
 from conveyor import metrics
 from conveyor.breakers import DependencyUnavailable
-from conveyor.events import Event, Payload
+from conveyor.events import Payload
 from conveyor.gateway.answers import accepted, encoded_headers, send_json, unavailable, validation_problem
+from conveyor.gateway.documents import content_sha256
 from conveyor.gateway.idempotency import KEY_PATTERN
+from conveyor.gateway.intake import Admission, Submission
 from conveyor.gateway.models import SubmitRequest
 from conveyor.settings import Settings
 
@@ -45,7 +47,7 @@ class SubmitEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            job_id = await self._accept(scope, receive)
+            admission = await self._accept(scope, receive)
         except _Invalid as invalid:
             await send_json(send, *validation_problem(invalid.errors))
         except HTTPException as refused:
@@ -53,9 +55,9 @@ class SubmitEndpoint:
         except DependencyUnavailable as down:
             await send_json(send, *unavailable(down))
         else:
-            await send_json(send, 202, accepted(self.settings.public_url, scope, job_id))
+            await send_json(send, 202, accepted(self.settings.public_url, scope, admission.job_id, admission.state))
 
-    async def _accept(self, scope: Scope, receive: Receive) -> str:
+    async def _accept(self, scope: Scope, receive: Receive) -> Admission:
         content_type, idempotency_key = b"", None
         for name, value in scope["headers"]:
             if name == b"content-type":
@@ -74,23 +76,25 @@ class SubmitEndpoint:
             request = SubmitRequest.model_validate_json(body)
         except ValidationError as exc:
             raise _Invalid([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
-        tenant = scope["state"]["principal"].tenant
+        data = request.content.encode("utf-8")
+        self.payload_bytes.observe(len(data))
+        self.submitted.inc()
 
-        async def event(job_id: str) -> Event:
-            data = request.content.encode("utf-8")
-            self.payload_bytes.observe(len(data))
+        async def payload() -> Payload:
             if len(data) >= self.settings.claim_check_bytes:
-                payload = Payload(blob=await self.state.blobs.put(data), content_type=request.content_type)
-            else:
-                payload = Payload(text=request.content, content_type=request.content_type)
-            self.submitted.inc()
-            return self.state.intake.new_event(job_id, tenant, request.user_id, payload, request.callback_url)
+                return Payload(blob=await self.state.blobs.put(data), content_type=request.content_type)
+            return Payload(text=request.content, content_type=request.content_type)
 
         def digest() -> str:
             return hashlib.sha256(request.model_dump_json().encode()).hexdigest()
 
-        job_id, _ = await self.state.intake.accept(tenant, idempotency_key, digest, event)
-        return job_id
+        document = request.document_id
+        submission = Submission(
+            tenant=scope["state"]["principal"].tenant, user_id=request.user_id,
+            callback_url=str(request.callback_url) if request.callback_url else None, payload=payload,
+            document_id=document, content_sha256=content_sha256(request.content_type, hashlib.sha256(data).hexdigest())
+            if document else None)
+        return await self.state.intake.accept(submission, idempotency_key, digest)
 
 
 async def _read_body(receive: Receive) -> bytes:

@@ -1,0 +1,31 @@
+"""A document's versions in the job store, and forgetting them when the document is erased."""
+
+from __future__ import annotations
+
+from conveyor.stores.base import JobRecord, JobStore
+from conveyor.stores.blobs import BlobStore
+
+VERSIONS_PAGE = 500
+
+
+async def versions(store: JobStore, tenant: str, document_id: str) -> list[JobRecord]:
+    """Every version of the tenant's document, newest first."""
+    found: list[JobRecord] = []
+    before = None
+    while True:
+        page = await store.list_jobs(tenant, document=document_id, before=before, limit=VERSIONS_PAGE)
+        found += page
+        if len(page) < VERSIONS_PAGE:
+            return found
+        before = page[-1].page_key()
+
+
+async def forget(store: JobStore, blobs: BlobStore | None, tenant: str, document_id: str) -> int:
+    """Delete every version's blobs, then its record (with its submission, dead letters and
+    scheduled delivery); how many versions there were."""
+    found = await versions(store, tenant, document_id)
+    for record in found:
+        for blob in record.blobs if blobs is not None else ():
+            await blobs.delete(blob)
+        await store.discard(record.job_id)
+    return len(found)
