@@ -9,6 +9,8 @@ or job record of the document, counted in each store.
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -139,19 +141,37 @@ def test_versions_replace_vectors_unchanged_content_costs_nothing_and_erasure_le
         pipeline.stop_all()
 
 
+def _conveyor(pipeline: Pipeline, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "conveyor.cli.main", *args, "--url", pipeline.url], input=stdin,
+                          env=pipeline.env, capture_output=True, text=True, timeout=120)
+
+
 @pytest.mark.slow
-def test_another_tenant_can_neither_see_nor_erase_a_document(broker: str, tmp_path: Path) -> None:
+def test_another_tenant_can_neither_see_nor_erase_a_document_and_the_cli_erases_one(broker: str,
+                                                                                    tmp_path: Path) -> None:
     pipeline = Pipeline(broker, tmp_path)
     other = {"authorization": f"Bearer {pipeline.add_key('globex')}"}
     pipeline.start_all()
     try:
-        job = _submit(pipeline, [english_text(seed=5, sentences=6)])["job_id"]
-        pipeline.wait_for([job], timeout=60)
+        text = english_text(seed=5, sentences=6)
+        first = _conveyor(pipeline, "submit", "-", "--document", "handbook/intro", "--wait", stdin=text)
+        assert first.returncode == 0, first.stderr
         for method in ("GET", "DELETE"):
             answer = httpx.request(method, f"{pipeline.url}/documents/handbook/intro", headers=other, timeout=30)
             assert answer.status_code == 404, answer.text
         assert httpx.get(f"{pipeline.url}/jobs", params={"document": "handbook/intro"}, headers=other,
                          timeout=30).json()["jobs"] == []
-        assert pipeline.client.get("/documents/handbook/intro").json()["versions"] == 1
+
+        again = _conveyor(pipeline, "submit", "-", "--document", "handbook/intro", "--wait", stdin=text)
+        assert again.returncode == 0 and again.stdout.splitlines()[1:] == first.stdout.splitlines()[1:]
+        assert pipeline.job(again.stdout.split()[0])["unchanged_from"] == first.stdout.split()[0]
+        assert pipeline.client.get("/documents/handbook/intro").json()["versions"] == 2
+
+        erased = _conveyor(pipeline, "erase", "handbook/intro", "--wait")
+        assert erased.returncode == 0, erased.stderr
+        assert erased.stdout.splitlines()[-1] == "document handbook/intro erased"
+        assert pipeline.client.get("/documents/handbook/intro").status_code == 404
+        missing = _conveyor(pipeline, "erase", "handbook/intro")
+        assert (missing.returncode, missing.stderr.strip()) == (1, "conveyor: no document handbook/intro")
     finally:
         pipeline.stop_all()

@@ -1,4 +1,4 @@
-"""`conveyor submit`, `status` and `redeliver`: talk to a running gateway over HTTP.
+"""`conveyor submit`, `status`, `redeliver` and `erase`: talk to a running gateway over HTTP.
 
 They authenticate with CONVEYOR_API_KEY, else with the key `conveyor up` made in CONVEYOR_HOME.
 """
@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 
@@ -30,7 +31,7 @@ def _raise_on_401(response: httpx.Response) -> None:
 
 
 def run(args: argparse.Namespace, home: Path) -> int:
-    """`submit`, `status` or `redeliver`; a gateway that cannot be reached is one line that says what to do."""
+    """`submit`, `status`, `redeliver` or `erase`; a gateway that cannot be reached is one line that says what to do."""
     key = cli_api_key(home)
     headers = {"authorization": f"Bearer {key}"} if key else {}
     try:
@@ -38,7 +39,9 @@ def run(args: argparse.Namespace, home: Path) -> int:
                           event_hooks={"response": [_raise_on_401]}) as client:
             if args.command == "submit":
                 return submit(client, args.source, user_id=args.user, callback_url=args.callback_url,
-                              wait=args.wait, timeout=args.timeout)
+                              document_id=args.document, wait=args.wait, timeout=args.timeout)
+            if args.command == "erase":
+                return erase(client, args.document, wait=args.wait, timeout=args.timeout)
             if args.command == "redeliver":
                 if (args.job_id is None) == (args.failed_since is None):
                     print("conveyor: name a job, or give --failed-since TIME (not both)", file=sys.stderr)
@@ -65,19 +68,17 @@ def run(args: argparse.Namespace, home: Path) -> int:
 
 
 def submit(client: httpx.Client, source: str, *, user_id: str, callback_url: str | None, wait: bool,
-           timeout: float) -> int:
+           timeout: float, document_id: str | None = None) -> int:
+    optional = {name: value for name, value in (("callback_url", callback_url), ("document_id", document_id)) if value}
     if source == "-":
-        body = {"user_id": user_id, "content": sys.stdin.read()}
-        if callback_url:
-            body["callback_url"] = callback_url
-        response = client.post("/submit", json=body)
+        response = client.post("/submit", json={"user_id": user_id, "content": sys.stdin.read(), **optional})
     else:
         path = Path(source)
         if not path.is_file():
             print(f"error: no such file: {source}", file=sys.stderr)
             return 2
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        form = {"user_id": user_id, **({"callback_url": callback_url} if callback_url else {})}
+        form = {"user_id": user_id, **optional}
         with path.open("rb") as handle:
             response = client.post("/upload", data=form, files={"file": (path.name, handle, content_type)})
     if response.status_code != 202:
@@ -149,7 +150,7 @@ def _server_sent_events(lines: Iterator[str]) -> Iterator[tuple[str, dict]]:
 
 def _outcome(job: dict) -> int:
     if job["status"] == "completed":
-        print(job["summary"])
+        print(f"document {job['erases']} erased" if job.get("erases") else job["summary"])
         return 0
     print("job cancelled" if job["status"] == "cancelled" else f"job failed: {job['error']}", file=sys.stderr)
     return 1
@@ -162,6 +163,18 @@ def status(client: httpx.Client, job_id: str) -> int:
         return 1
     print(json.dumps(response.json(), indent=2))
     return 0
+
+
+def erase(client: httpx.Client, document_id: str, *, wait: bool, timeout: float) -> int:
+    response = client.delete(f"/documents/{quote(document_id, safe='/')}")
+    if response.status_code != 202:
+        print(f"conveyor: {response.json().get('detail', response.text)}", file=sys.stderr)
+        return 1
+    erasure = response.json()
+    print(erasure["job_id"])
+    print(f"erasing document {document_id} ({erasure['versions']} version(s)); follow it with "
+          f"`conveyor status {erasure['job_id']}`", file=sys.stderr)
+    return _wait_for(client, erasure["job_id"], timeout) if wait else 0
 
 
 def redeliver(client: httpx.Client, job_id: str) -> int:

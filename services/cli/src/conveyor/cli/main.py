@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("source", help="path of an HTML, PDF, DOCX or text file, or - to read text from stdin")
     submit.add_argument("--user", default=os.environ.get("USER", "cli"), help="user id (default $USER)")
     submit.add_argument("--callback-url", help="webhook to POST the result to")
+    submit.add_argument("--document", metavar="ID", default=None,
+                        help="your id for the document this is a version of: a new version replaces its summary and "
+                             "vectors; an unchanged one completes at once")
     submit.add_argument("--wait", action="store_true", help="wait for the job and print its summary")
     submit.add_argument("--timeout", type=float, default=300, help="seconds to wait with --wait (default 300)")
     submit.add_argument("--url", default=None, help="gateway URL (default $CONVEYOR_GATEWAY_URL, else the "
@@ -81,6 +84,13 @@ def _parser() -> argparse.ArgumentParser:
     redeliver.add_argument("--failed-since", metavar="TIME", default=None,
                            help="an RFC 3339 time, e.g. 2026-12-03T00:00:00Z: every job that failed since then")
     redeliver.add_argument("--url", default=None, help="gateway URL (as for submit)")
+
+    erase = sub.add_parser("erase", help="erase a document everywhere: its versions' jobs, blobs, summaries and "
+                                         "vectors (with --wait, until every stage has)")
+    erase.add_argument("document", metavar="ID", help="the document id its versions were submitted with")
+    erase.add_argument("--wait", action="store_true", help="wait until the erasure has gone through every stage")
+    erase.add_argument("--timeout", type=float, default=300, help="seconds to wait with --wait (default 300)")
+    erase.add_argument("--url", default=None, help="gateway URL (as for submit)")
 
     topics = sub.add_parser("topics", help="list the pipeline's topics and partitions")
     topics.add_argument("--create", action="store_true", help="create missing topics first")
@@ -119,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in ("submit", "status", "redeliver"):
+    if args.command in ("submit", "status", "redeliver", "erase"):
         from conveyor.cli import client_commands
 
         args.url = args.url or default_gateway_url()

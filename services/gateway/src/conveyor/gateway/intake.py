@@ -89,10 +89,10 @@ class Intake:
             if not new:
                 return Admission(job_id, False, JobState.queued)
         try:
+            if await self._unchanged(job_id, submission):  # nothing runs: no quota or backlog applies
+                return Admission(job_id, True, JobState.completed)
             if not admitted:
                 await self.admit(tenant)
-            if await self._unchanged(job_id, submission):
-                return Admission(job_id, True, JobState.completed)
             event = self.new_event(job_id, tenant, submission.user_id, await submission.payload(),
                                    submission.callback_url, document_id=submission.document_id, **submission.meta)
             await self.publish(event, content_sha256=submission.content_sha256)
