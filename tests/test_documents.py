@@ -115,11 +115,14 @@ def test_versions_replace_vectors_unchanged_content_costs_nothing_and_erasure_le
         assert _blobs(tmp_path) == []  # completed versions keep none; the unchanged one never had one
 
         # A fourth version still running when the document is erased: cancelled, and nothing of it stays.
-        openai_server.fallback = lambda received: Reply.slow(20) if "messages" in received.body else Reply.ok()
+        # Its embeddings call takes 20 s: the erasure cancels it, and the call is cut within 2 s.
+        openai_server.fallback = lambda received: Reply.slow(20)
         four = _submit(pipeline, _paragraphs(seed=40))["job_id"]
         deadline = time.monotonic() + 60
-        while pipeline.job(four)["stages"]["summarizer"]["state"] != "running" and time.monotonic() < deadline:
-            time.sleep(0.1)
+        while openai_server.in_flight == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pipeline.job(four)["stages"]["embedder"]["state"] == "running"
+        erasing = time.monotonic()
         erased = pipeline.client.delete("/documents/handbook/intro")
         assert erased.status_code == 202, erased.text
         erasure = erased.json()
@@ -135,7 +138,8 @@ def test_versions_replace_vectors_unchanged_content_costs_nothing_and_erasure_le
         assert _stored_chunks(tmp_path) == []
         assert _records_naming(tmp_path, "handbook/intro") == 0
         assert _blobs(tmp_path) == []
-        assert openai_server.disconnects, "the summary call of the erased version was not aborted"
+        assert openai_server.disconnects and openai_server.disconnects[0] - erasing < 2.0, \
+            "the embeddings call of the erased version was not cut within 2 s"
     finally:
         openai_server.fallback = None
         pipeline.stop_all()
@@ -166,6 +170,14 @@ def test_another_tenant_can_neither_see_nor_erase_a_document_and_the_cli_erases_
         assert again.returncode == 0 and again.stdout.splitlines()[1:] == first.stdout.splitlines()[1:]
         assert pipeline.job(again.stdout.split()[0])["unchanged_from"] == first.stdout.split()[0]
         assert pipeline.client.get("/documents/handbook/intro").json()["versions"] == 2
+
+        # Uploaded: the same file twice is one version that ran and one unchanged (whose blob is gone).
+        upload = tmp_path / "manual.html"
+        upload.write_text(f"<html><body><h1>Manual</h1><p>{text}</p></body></html>")
+        ran, repeated = (_conveyor(pipeline, "submit", str(upload), "--document", "manual", "--wait") for _ in range(2))
+        assert ran.returncode == repeated.returncode == 0, (ran.stderr, repeated.stderr)
+        assert pipeline.job(repeated.stdout.split()[0])["unchanged_from"] == ran.stdout.split()[0]
+        assert [path for path in (tmp_path / "blobs").rglob("*") if path.is_file()] == []
 
         erased = _conveyor(pipeline, "erase", "handbook/intro", "--wait")
         assert erased.returncode == 0, erased.stderr
