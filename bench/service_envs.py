@@ -19,18 +19,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from image_env import UV, ImageEnv, build_image_env  # noqa: E402
+from image_env import UV, ImageEnv, build_image_env, workspace_overrides_file  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SERVICES = ("gateway", "extractor", "summarizer", "notifier", "operator")
+SERVICES = ("gateway", "extractor", "embedder", "summarizer", "notifier", "operator")
 
 
 def whole_project(into: Path) -> ImageEnv:
     venv = into / "venv"
     subprocess.run([str(UV), "venv", "--quiet", "--python", sys.executable, str(venv)], check=True)
-    members = [f"{REPO / 'shared'}[redis,s3]", *(str(p) for p in sorted((REPO / "services").glob("*/")))]
-    subprocess.run([str(UV), "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"), *members],
-                   check=True)
+    # The embedder with its offline model, as its image has it; without PyTorch, as the workspace's
+    # override-dependencies (which uv.lock and so every image resolves with) keep it out.
+    members = [f"{REPO / 'shared'}[redis,s3]", *(str(p) + ("[minilm]" if p.name == "embedder" else "")
+                                                  for p in sorted((REPO / "services").glob("*/")))]
+    subprocess.run([str(UV), "pip", "install", "--quiet", "--python", str(venv / "bin" / "python"),
+                    "--override", str(workspace_overrides_file(into)), *members], check=True)
     listed = subprocess.run([str(UV), "pip", "freeze", "--python", str(venv / "bin" / "python")],
                             capture_output=True, text=True, check=True).stdout.split()
     return ImageEnv(venv, [], {}, listed)

@@ -22,6 +22,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +69,15 @@ class ImageEnv:
                     seen.add(stat.st_ino)
                     total += stat.st_size
         return total
+
+
+def workspace_overrides_file(into: Path) -> Path:
+    """The workspace's override-dependencies (what uv.lock, and so every image, resolves with) as a
+    file for `uv pip install --override`, outside the workspace."""
+    overrides = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["uv"].get("override-dependencies", [])
+    path = into / "overrides.txt"
+    path.write_text("".join(f"{line}\n" for line in overrides))
+    return path
 
 
 def build_image_env(service: str, into: Path) -> ImageEnv:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from image_env import UV
+from image_env import UV, workspace_overrides_file
 from k8s_checks import REPO
 
 SHARED = REPO / "shared"
@@ -125,11 +125,6 @@ def _requirements(name: str) -> list[str]:
     return [f"conveyor-{name}{suffix} @ {_folder(name).as_uri()}", f"conveyor-shared @ {SHARED.as_uri()}"]
 
 
-def _workspace_overrides() -> list[str]:
-    """The workspace's override-dependencies (what uv.lock, and so every image, resolves with)."""
-    return tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["uv"].get("override-dependencies", [])
-
-
 def _expected_modules(name: str) -> set[str]:
     root = SHARED / "src" if name == "shared" else _folder(name) / "src"
     found = set()
@@ -170,8 +165,7 @@ def _build_floor_env(name: str, into: Path) -> FloorEnv:
     venv, requirements = into / "venv", into / "requirements.txt"
     python = venv / "bin" / "python"
     requirements.write_text("\n".join(_requirements(name)) + "\n")
-    overrides = into / "overrides.txt"
-    overrides.write_text("".join(f"{line}\n" for line in _workspace_overrides()))
+    overrides = workspace_overrides_file(into)
 
     def uv(*args: str) -> str:
         # cwd outside the workspace: no uv setting of ours applies but the workspace's sources,
