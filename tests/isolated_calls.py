@@ -28,3 +28,7 @@ def crash() -> None:
 
 def refuse() -> None:
     raise PermanentError("not a document")
+
+
+def niceness() -> int:
+    return os.getpriority(os.PRIO_PROCESS, 0)

@@ -6,6 +6,7 @@ import asyncio
 import io
 import time
 import zipfile
+from pathlib import Path
 
 import psutil
 import pytest
@@ -102,3 +103,71 @@ async def test_a_docx_that_inflates_past_the_cap_fails_and_the_worker_stays_smal
         assert ok.text == "plain text survives"
     finally:
         await pool.close()
+
+
+def _parser_processes() -> list[psutil.Process]:
+    """The pools' children: forked by this process's fork server."""
+    servers = [p for p in psutil.Process().children() if "forkserver" in " ".join(p.cmdline())]
+    return [child for server in servers for child in server.children()]
+
+
+async def test_a_long_call_moves_to_the_background_and_the_calls_behind_it_go_on() -> None:
+    pool = IsolatedPool(1, memory_mb=0, background_after=0.2)
+    try:
+        base = await pool.run(calls.niceness, timeout=30)
+        long = asyncio.create_task(pool.run(calls.hang, timeout=4))
+        await asyncio.sleep(0.5)
+        started = time.monotonic()
+        # One process, and it is busy: the call behind it runs in the child that took its place.
+        assert await pool.run(calls.niceness, timeout=30) == base
+        assert time.monotonic() - started < 2
+        background = [child for child in _parser_processes() if child.nice() == base + 10]
+        assert len(background) == 1
+        with pytest.raises(CallTimedOut):  # it keeps its deadline
+            await long
+        assert not background[0].is_running() or background[0].status() == psutil.STATUS_ZOMBIE
+    finally:
+        await pool.close()
+
+
+async def test_no_more_calls_go_to_the_background_than_the_pool_has_processes() -> None:
+    pool = IsolatedPool(1, memory_mb=0, background_after=0.1)
+    try:
+        hung = [asyncio.create_task(pool.run(calls.hang, timeout=3)) for _ in range(3)]
+        await asyncio.sleep(1.0)
+        # The first moved to the background; the second kept its place, the third waits for it.
+        assert len(_parser_processes()) == 2
+        for task in hung:
+            with pytest.raises(CallTimedOut):
+                await task
+    finally:
+        await pool.close()
+
+
+def test_a_killed_worker_takes_its_parser_processes_with_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    script = tmp_path / "worker.py"
+    script.write_text(
+        "import asyncio, sys\n"
+        "sys.path.insert(0, %r)\n"
+        "import isolated_calls as calls\n"
+        "from conveyor.isolation import IsolatedPool\n"
+        "async def main():\n"
+        "    pool = IsolatedPool(2, memory_mb=0)\n"
+        "    print(await pool.run(calls.pid, timeout=30), flush=True)\n"
+        "    await asyncio.sleep(3600)\n"
+        "if __name__ == '__main__':\n"
+        "    asyncio.run(main())\n" % str(Path(__file__).parent))
+    worker = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        parser = int(worker.stdout.readline())
+        family = [p for p in psutil.Process(worker.pid).children(recursive=True)]
+        assert parser in {p.pid for p in family} and len(family) >= 3  # the fork server and two children
+        worker.kill()
+        worker.wait(10)
+        gone, alive = psutil.wait_procs(family, timeout=10)
+        assert not alive, [p.cmdline() for p in alive]
+    finally:
+        worker.kill()

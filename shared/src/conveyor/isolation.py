@@ -5,6 +5,14 @@ document that inflates to gigabytes, would wedge or bloat the whole worker. Here
 in one of a few long-lived child processes, under an address-space limit (RLIMIT_AS) and a
 deadline. A call that runs past its deadline, is cancelled, runs out of memory or kills its
 process fails alone: its process is killed and replaced, and the others carry on.
+
+Children are forked from a fork server that has imported the parsers once, so a replacement
+costs milliseconds, not the second of CPU a fresh interpreter spends importing them. A call still
+running after `background_after` seconds (a poison document, or just a big one) moves to the
+background: its process is lowered in CPU priority (`BACKGROUND_NICENESS`) and a new child takes
+its place in the pool, so the documents behind it do not wait for it and get the CPU first; it
+keeps its deadline, and its process goes when it ends. At most `processes` calls are in the
+background at once; past that, a long call keeps its place.
 """
 
 from __future__ import annotations
@@ -25,6 +33,10 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 _PR_SET_PDEATHSIG = 1
+BACKGROUND_AFTER_SECONDS = 0.25  # far beyond a page of HTML or text, well within a big PDF
+# Nice 10 weighs about a tenth of a normal process: on a busy machine a background parse still
+# gets some CPU, so a big legitimate document is slowed, not starved past its deadline.
+BACKGROUND_NICENESS = 10
 
 
 class IsolatedCallFailed(Exception):
@@ -57,8 +69,13 @@ def _address_space_bytes() -> int:
         return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _child(conn: Connection, preload: str | None, memory_mb: int, parent: int) -> None:
-    die_with_parent(parent)
+def _child(conn: Connection, preload: str | None, memory_mb: int, worker: int) -> None:
+    # Forked by the fork server, which exits when the worker does: the kernel then kills this.
+    die_with_parent()
+    try:
+        os.kill(worker, 0)
+    except ProcessLookupError:  # the worker died before the signal was asked for
+        os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the worker decides when its children stop
     if preload:
         importlib.import_module(preload)
@@ -96,6 +113,13 @@ class _Child:
         # that wait would free the descriptor for reuse by the next child's pipe.
         self._lock = threading.Lock()
         self._busy = self._killed = False
+        self.background = False
+
+    def lower_priority(self) -> None:
+        with contextlib.suppress(OSError):  # gone already
+            pid = self.process.pid
+            os.setpriority(os.PRIO_PROCESS, pid, min(19, os.getpriority(os.PRIO_PROCESS, pid) + BACKGROUND_NICENESS))
+        self.background = True
 
     def call(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float) -> Any:
         """Blocking: send the call, wait for its outcome or the deadline."""
@@ -139,16 +163,27 @@ class _Child:
 class IsolatedPool:
     """`processes` children, each running one call at a time (see the module docstring)."""
 
-    def __init__(self, processes: int, *, memory_mb: int, preload: str | None = None) -> None:
-        self._context = multiprocessing.get_context("spawn")
+    def __init__(self, processes: int, *, memory_mb: int, preload: str | None = None,
+                 background_after: float = BACKGROUND_AFTER_SECONDS) -> None:
+        self._context = multiprocessing.get_context("forkserver")
+        # Never the worker's __main__ (the default): the server would run its module-level code.
+        # Only the server's first start reads this: a second pool with other modules in the same
+        # process imports them in each child instead (see _child).
+        self._context.set_forkserver_preload([preload] if preload else [])
         self._memory_mb = memory_mb
         self._preload = preload
+        self._processes = processes
+        self._background_after = background_after
         self._idle: asyncio.Queue[_Child] = asyncio.Queue()
         self._children: set[_Child] = set()
+        self._in_background = 0
+        self._closed = False
         for _ in range(processes):
             self._add()
 
     def _add(self) -> None:
+        if self._closed:  # a call that ends after close() is not replaced
+            return
         child = _Child(self._context, self._preload, self._memory_mb)
         self._children.add(child)
         self._idle.put_nowait(child)
@@ -156,6 +191,7 @@ class IsolatedPool:
     async def run(self, fn: Callable[..., Any], /, *args: Any, timeout: float, **kwargs: Any) -> Any:
         child = await self._idle.get()
         healthy = False
+        to_background = asyncio.get_running_loop().call_later(self._background_after, self._to_background, child)
         try:
             result = await asyncio.to_thread(child.call, fn, args, kwargs, timeout)
             healthy = True
@@ -168,17 +204,33 @@ class IsolatedPool:
             healthy = True  # the call raised; the child is fine
             raise
         finally:
-            if healthy:
+            to_background.cancel()
+            if child.background:  # its place in the pool was taken when it moved there
+                self._in_background -= 1
+                self._retire(child)
+            elif healthy:
                 self._idle.put_nowait(child)
             else:
                 self._replace(child)
 
-    def _replace(self, child: _Child) -> None:
+    def _to_background(self, child: _Child) -> None:
+        """A long call: its process yields the CPU to the others, and a new child takes its place."""
+        if self._in_background >= self._processes or self._closed:
+            return
+        child.lower_priority()
+        self._in_background += 1
+        self._add()
+
+    def _retire(self, child: _Child) -> None:
         child.kill()
         self._children.discard(child)
+
+    def _replace(self, child: _Child) -> None:
+        self._retire(child)
         self._add()
 
     async def close(self) -> None:
+        self._closed = True
         for child in list(self._children):
             child.kill()
         self._children.clear()
