@@ -24,6 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from llm import Received, Reply, lognormal_mean, serving, summarizer_env, summarizer_jobs  # noqa: E402
 from stages import StageRun, run  # noqa: E402
 
+from fakes.openai_server import CLIENT_CLOSED  # noqa: E402
+
 from conveyor.cli.embedded_broker import EmbeddedBroker  # noqa: E402
 from conveyor.stores.base import StageState  # noqa: E402
 
@@ -67,12 +69,16 @@ async def main() -> None:
     # Each job's prompt is unique: a prompt answered 200 more than once is a duplicate LLM call.
     answered = Counter(received.body["messages"][-1]["content"] for received, status in fake.answers if status == 200)
     duplicates = sum(1 for n in answered.values() if n > 1)
+    # Calls the summarizer gave up on at its deadline (CONVEYOR_OPENAI_TIMEOUT_SECONDS) and made
+    # again: no answer was read, but a provider may still bill them.
+    abandoned = sum(1 for _, status in fake.answers if status == CLIENT_CLOSED)
     print(f"{args.jobs} jobs, LLM concurrency {args.concurrency}, mean latency of a successful call "
           f"{mean_latency:.2f} s (bound {bound:.2f} jobs/s)")
-    print("| jobs/s | bound | ratio | p99 end-to-end (s) | calls per job | duplicate LLM calls | dead letters |")
-    print("|---|---|---|---|---|---|---|")
+    print("| jobs/s | bound | ratio | p99 end-to-end (s) | calls per job | duplicate LLM calls | "
+          "calls abandoned at the deadline | dead letters |")
+    print("|---|---|---|---|---|---|---|---|")
     print(f"| {rate:.2f} | {bound:.2f} | {rate / bound:.2f} | {latencies[int(0.99 * (len(latencies) - 1))]:.0f} | "
-          f"{len(fake.requests) / len(events):.2f} | {duplicates} | {failed} |")
+          f"{len(fake.requests) / len(events):.2f} | {duplicates} | {abandoned} | {failed} |")
 
 
 if __name__ == "__main__":

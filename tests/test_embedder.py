@@ -243,7 +243,9 @@ async def test_a_documents_versions_share_its_points_and_an_erasure_leaves_none(
     await local_store.replace(second, chunks[:3], vectors[:3], {}, version=2.0)
     assert await local_store.count(second) == await local_store.count(first) == 3  # the document's, either way
     assert await local_store.written_version(first) == 2.0
-    await local_store.erase(second)
+    await local_store.erase(second, versions_up_to=1.5)  # an erasure from before the second version
+    assert await local_store.count(first) == 3
+    await local_store.erase(second, versions_up_to=2.0)
     assert (await local_store.count(first), await local_store.count(other)) == (0, 1)
     assert await local_store.written_version(first) is None
     assert Owner("acme", "x", "job-1").point_id(0) != Owner("acme", "job-1").point_id(0)

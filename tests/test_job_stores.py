@@ -189,6 +189,25 @@ async def test_a_documents_versions_are_listed_apart_and_a_discarded_version_lea
     assert len(await store.list_jobs("globex", document="handbook/intro")) == 1
 
 
+async def test_an_erasure_forgets_the_versions_submitted_before_it_and_keeps_a_later_one(store: JobStore) -> None:
+    from conveyor.stores.documents import forget
+
+    def version() -> JobRecord:
+        return _record(tenant="acme").model_copy(update={"document_id": "handbook"})
+
+    earlier = [version(), version()]
+    for record in earlier:
+        await store.create(record)
+    await asyncio.sleep(0.002)
+    erased_at = utcnow()
+    await asyncio.sleep(0.002)
+    later = version()
+    await store.create(later)
+    assert await forget(store, None, "acme", "handbook", submitted_before=erased_at) == 2
+    assert [r.job_id for r in await store.list_jobs("acme", document="handbook")] == [later.job_id]
+    assert [await store.get(r.job_id) for r in earlier] == [None, None]
+
+
 async def test_a_cancelled_job_is_skipped_and_nothing_more_is_written_for_it(store: JobStore) -> None:
     record, done = _record(tenant="acme"), _record(tenant="acme")
     for job in (record, done):

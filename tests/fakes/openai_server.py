@@ -123,16 +123,18 @@ class FakeOpenAI:
         async def answer(request: Request, make: Callable[[dict[str, Any], str | None], dict[str, Any]]) -> JSONResponse:
             body = await request.json()
             reply = self._next(Received(time.monotonic(), body, dict(request.headers)))
+            status = reply.status
             if reply.delay:
                 deadline = time.monotonic() + reply.delay
                 while time.monotonic() < deadline:
                     if await request.is_disconnected():  # the client gave up: say when
                         self.disconnects.append(time.monotonic())
+                        status = CLIENT_CLOSED  # nobody read an answer
                         break
                     await asyncio.sleep(0.05)
             with self._lock:
                 self.in_flight -= 1
-                self.answers.append((Received(time.monotonic(), body, {}), reply.status))
+                self.answers.append((Received(time.monotonic(), body, {}), status))
             if reply.status != 200:
                 headers = {} if reply.retry_after is None else {"retry-after": str(reply.retry_after)}
                 error = {"message": f"scripted HTTP {reply.status}", "type": "test_error", "code": None}
@@ -175,6 +177,9 @@ class FakeOpenAI:
 
 
 EMBEDDING_SIZE = 8
+
+
+CLIENT_CLOSED = 499  # recorded for a slow request whose client went away before its answer
 
 
 def embedding_of(text: str) -> list[float]:

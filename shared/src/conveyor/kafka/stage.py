@@ -491,7 +491,8 @@ class StageWorker:
         the job completes with it."""
         stage, bindings = self.stage.name, self.bindings
         if event.erasure and bindings.last:
-            forgotten = await documents.forget(self.store, self.blobs, event.tenant, event.document_id or "")
+            forgotten = await documents.forget(self.store, self.blobs, event.tenant, event.document_id or "",
+                                               submitted_before=event.created_at)
             log.info("%s: document %s erased (%d version(s))", stage, event.document_id, forgotten)
             await self.store.finish(event.job_id, stage, attempts=attempt, summary="",
                                     meta={"versions_erased": forgotten})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from conveyor.stores.base import JobRecord, JobStore
 from conveyor.stores.blobs import BlobStore
 
@@ -20,10 +22,12 @@ async def versions(store: JobStore, tenant: str, document_id: str) -> list[JobRe
         before = page[-1].page_key()
 
 
-async def forget(store: JobStore, blobs: BlobStore | None, tenant: str, document_id: str) -> int:
-    """Delete every version's blobs, then its record (with its submission, dead letters and
-    scheduled delivery); how many versions there were."""
-    found = await versions(store, tenant, document_id)
+async def forget(store: JobStore, blobs: BlobStore | None, tenant: str, document_id: str, *,
+                 submitted_before: datetime) -> int:
+    """Delete the blobs, then the record (with its submission, dead letters and scheduled
+    delivery), of every version submitted before the erasure was; how many there were. A version
+    submitted after it is a new life of the document and stays."""
+    found = [record for record in await versions(store, tenant, document_id) if record.created_at <= submitted_before]
     for record in found:
         for blob in record.blobs if blobs is not None else ():
             await blobs.delete(blob)

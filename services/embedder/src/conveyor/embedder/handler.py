@@ -47,7 +47,8 @@ def build_stage(settings: Settings, store: JobStore, blobs: BlobStore, resources
         return event.next(meta=meta)
 
     async def erase(event: Event) -> None:
-        await vectors.erase(Owner(event.tenant, event.job_id, event.document_id))
+        await vectors.erase(Owner(event.tenant, event.job_id, event.document_id),
+                            versions_up_to=event.created_at.timestamp())
 
     def blocked() -> str | None:
         return backend.blocked() or vectors.blocked()

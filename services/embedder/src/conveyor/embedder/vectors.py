@@ -47,7 +47,7 @@ class Owner:
         owner = f"document:{self.document_id}" if self.document_id is not None else self.job_id
         return str(uuid.uuid5(POINT_NAMESPACE, f"{self.tenant}/{owner}/{chunk}"))
 
-    def filter(self, *, from_chunk: int | None = None) -> models.Filter:
+    def filter(self, *, from_chunk: int | None = None, versions_up_to: float | None = None) -> models.Filter:
         field, value = ("document_id", self.document_id) if self.document_id is not None else ("job_id", self.job_id)
         must: list[models.Condition] = [
             models.FieldCondition(key="tenant", match=models.MatchValue(value=self.tenant)),
@@ -55,6 +55,8 @@ class Owner:
         ]
         if from_chunk is not None:
             must.append(models.FieldCondition(key="chunk", range=models.Range(gte=from_chunk)))
+        if versions_up_to is not None:
+            must.append(models.FieldCondition(key="version", range=models.Range(lte=versions_up_to)))
         return models.Filter(must=must)
 
 
@@ -108,10 +110,12 @@ class VectorStore:
             return  # nothing was ever written, so nothing is left over
         await self._delete(owner, from_chunk=len(chunks))
 
-    async def erase(self, owner: Owner) -> None:
-        """Every chunk of the owner goes."""
+    async def erase(self, owner: Owner, *, versions_up_to: float) -> None:
+        """Every chunk of the owner written by a version submitted up to `versions_up_to` goes (a
+        later version's are its next life). Rare, so the embedded store may scan for them."""
         if await self._call(lambda: self._client.collection_exists(self.collection)):
-            await self._delete(owner, from_chunk=0)
+            selector = models.FilterSelector(filter=owner.filter(versions_up_to=versions_up_to))
+            await self._call(lambda: self._client.delete(self.collection, points_selector=selector, wait=True))
 
     async def written_version(self, owner: Owner) -> float | None:
         """The version that wrote the owner's chunks (None: none are stored)."""

@@ -214,10 +214,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             data = await file.read()
             payload = Payload.from_bytes(data, content_type=content_type, filename=filename)
             content = hashlib.sha256(data).hexdigest()
-        metrics.HTTP_PAYLOAD_BYTES.labels("/upload").observe(size)
-        metrics.JOBS_SUBMITTED.labels("upload").inc()
 
-        async def built() -> Payload:
+        async def built() -> Payload:  # asked for only by a job that runs
+            metrics.HTTP_PAYLOAD_BYTES.labels("/upload").observe(size)
+            metrics.JOBS_SUBMITTED.labels("upload").inc()
             return payload
 
         def digest() -> str:
@@ -357,10 +357,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 responses=problems(401, 404, 429, 503))
     async def erase_document(document_id: str, request: Request,
                              principal: Annotated[Principal, Depends(caller)]) -> ErasureAccepted:
-        found = await tenant_document(request, document_id, principal)
         intake: Intake = request.app.state.intake
-        await documents.withdraw(request.app.state.store, request.app.state.blobs, found)
+        # Stamped first: it erases the versions submitted until now, not one that arrives meanwhile.
         erasure = documents.erasure_event(intake.stages[0], principal.tenant, document_id, principal.subject)
+        found = [record for record in await tenant_document(request, document_id, principal)
+                 if record.created_at <= erasure.created_at]
+        await documents.withdraw(request.app.state.store, request.app.state.blobs, found)
         await intake.publish(erasure)
         answer = accepted(settings.public_url, request.scope, erasure.job_id)
         return ErasureAccepted(document_id=document_id, job_id=erasure.job_id, status_url=answer["status_url"],

@@ -10,7 +10,8 @@
 - `DELETE /documents/{id}` cancels its unfinished versions, deletes every version's blobs at once
   and sends an erasure down the pipeline behind them (the same key, so after them in every
   stage): the embedder deletes the document's vectors, and the last stage forgets every version's
-  record (`conveyor.stores.documents`). The erasure is a job of its own, to follow until it completes;
+  record (`conveyor.stores.documents`). It erases the versions submitted before it: one submitted
+  while it travels is the document's next life, and stays. The erasure is a job of its own, to follow until it completes;
   its record keeps the document id and nothing of the content.
 """
 
