@@ -17,12 +17,24 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conveyor.events import Event, Payload, record_key
 from documents import english_text
 from fakes.openai_server import FakeOpenAI, Reply
 from pipeline_harness import Pipeline
 
 STAGES = "extractor,embedder,summarizer,notifier"
 COLLECTION = "conveyor_chunks"
+
+
+def test_a_versions_records_are_keyed_by_its_document_and_keep_that_key_when_sent_again() -> None:
+    """Re-drives and dead-letter replays send a version with its document's key, so it still
+    meets the other versions in order; bytes that are no event keep the job id."""
+    version = Event(job_id="j1", tenant="acme", user_id="u", stage="extractor", payload=Payload(text="x"),
+                    document_id="handbook/intro")
+    plain = version.model_copy(update={"document_id": None})
+    assert version.partition_key() == b"acme/handbook/intro" and plain.partition_key() == b"j1"
+    assert record_key(version.to_bytes(), "j1") == b"acme/handbook/intro"
+    assert record_key(b"not an event", "j1") == b"j1" and record_key(b"not an event", None) is None
 
 
 def _paragraphs(seed: int) -> list[str]:

@@ -120,6 +120,15 @@ class Event(BaseModel):
         return self.model_copy(update={"attempt": 1, "emitted_at": utcnow(), **changes})
 
 
+def record_key(raw: bytes, job_id: str | None) -> bytes | None:
+    """The key to send an event's bytes with again (a re-drive, a replayed dead letter): its
+    `partition_key`, or the job id when the bytes are no event this version reads."""
+    try:
+        return Event.from_bytes(raw).partition_key()
+    except EventDecodeError:
+        return job_id.encode() if job_id else None
+
+
 def document_key(tenant: str, document_id: str) -> str:
     """A document's identity across tenants (tenant names have no `/`)."""
     return f"{tenant}/{document_id}"

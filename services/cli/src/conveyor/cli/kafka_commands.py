@@ -11,7 +11,7 @@ from typing import Any
 
 from aiokafka.errors import KafkaError
 
-from conveyor.events import DeadLetter
+from conveyor.events import DeadLetter, record_key
 from conveyor.kafka.admin import describe_partitions, ensure_topics
 from conveyor.kafka.clients import make_consumer, make_producer
 from conveyor.kafka.lag import group_lag
@@ -120,8 +120,8 @@ async def dlq_replay(settings: Settings, stage: str, *, job_ids: set[str] | None
         topic = stage_bindings(stage, settings).input_topic
         for letter in letters:
             headers = [(k, v.encode()) for k, v in letter.original_headers]
-            key = letter.job_id.encode() if letter.job_id else None
-            await producer.send_and_wait(topic, letter.original(), key=key, headers=headers)
+            original = letter.original()
+            await producer.send_and_wait(topic, original, key=record_key(original, letter.job_id), headers=headers)
             if letter.job_id and store:  # its status says it is back in the queue, and a second replay skips it
                 await store.update_stage(letter.job_id, stage, StageState.running, attempts=0)
     finally:

@@ -17,7 +17,7 @@ import asyncio
 
 from aiokafka import AIOKafkaProducer
 
-from conveyor.events import DeadLetter
+from conveyor.events import DeadLetter, record_key
 from conveyor.kafka.admin import ensure_topics
 from conveyor.kafka.clients import make_producer
 from conveyor.settings import Settings
@@ -47,7 +47,7 @@ async def _redrive_unfinished(store: JobStore, producer: AIOKafkaProducer, topic
     sent = []
     for job_id, event in jobs:
         await store.transform(job_id, records.restarted)
-        sent.append(await producer.send(topic, event, key=job_id.encode()))
+        sent.append(await producer.send(topic, event, key=record_key(event, job_id)))
     await asyncio.gather(*sent)
     return len(jobs)
 
