@@ -195,6 +195,8 @@ def test_another_tenant_can_neither_see_nor_erase_a_document_and_the_cli_erases_
         assert erased.returncode == 0, erased.stderr
         assert erased.stdout.splitlines()[-1] == "document handbook/intro erased"
         assert pipeline.client.get("/documents/handbook/intro").status_code == 404
+        for method in ("GET", "DELETE"):  # an id no submission could have: no document, never a 5xx
+            assert pipeline.client.request(method, "/documents/%40%16").status_code == 404
         missing = _conveyor(pipeline, "erase", "handbook/intro")
         assert (missing.returncode, missing.stderr.strip()) == (1, "conveyor: no document handbook/intro")
     finally:

@@ -358,6 +358,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def erase_document(document_id: str, request: Request,
                              principal: Annotated[Principal, Depends(caller)]) -> ErasureAccepted:
         intake: Intake = request.app.state.intake
+        known_document_id(document_id)
         # Stamped first: it erases the versions submitted until now, not one that arrives meanwhile.
         erasure = documents.erasure_event(intake.stages[0], principal.tenant, document_id, principal.subject)
         found = [record for record in await tenant_document(request, document_id, principal)
@@ -370,8 +371,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     async def tenant_document(request: Request, document_id: str, principal: Principal) -> list[JobRecord]:
         """The document's versions, when the caller's tenant has any (404 otherwise, like a job)."""
-        if not DOCUMENT_ID.fullmatch(document_id):
-            raise HTTPException(404, "no such document: a document id is 1 to 200 letters, digits and ._:@/+=-")
+        known_document_id(document_id)
         found = await document_versions(request.app.state.store, principal.tenant, document_id)
         if not found:
             raise HTTPException(404, f"no document {document_id}")
@@ -403,6 +403,12 @@ def _utc(moment: datetime | None) -> datetime | None:
     except OverflowError:  # an offset past year 1 or 9999
         return (datetime.min if moment.year < 5000 else datetime.max).replace(tzinfo=timezone.utc)
 
+
+
+def known_document_id(document_id: str) -> None:
+    """A path's document id that no submission could have given is no document: 404."""
+    if not DOCUMENT_ID.fullmatch(document_id):
+        raise HTTPException(404, "no such document: a document id is 1 to 200 letters, digits and ._:@/+=-")
 
 
 def refuse_unknown_parameters(request: Request, known: set[str]) -> None:
