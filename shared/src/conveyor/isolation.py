@@ -176,7 +176,6 @@ class IsolatedPool:
         self._background_after = background_after
         self._idle: asyncio.Queue[_Child] = asyncio.Queue()
         self._children: set[_Child] = set()
-        self._in_background = 0
         self._closed = False
         for _ in range(processes):
             self._add()
@@ -206,7 +205,6 @@ class IsolatedPool:
         finally:
             to_background.cancel()
             if child.background:  # its place in the pool was taken when it moved there
-                self._in_background -= 1
                 self._retire(child)
             elif healthy:
                 self._idle.put_nowait(child)
@@ -215,10 +213,9 @@ class IsolatedPool:
 
     def _to_background(self, child: _Child) -> None:
         """A long call: its process yields the CPU to the others, and a new child takes its place."""
-        if self._in_background >= self._processes or self._closed:
+        if self._closed or sum(other.background for other in self._children) >= self._processes:
             return
         child.lower_priority()
-        self._in_background += 1
         self._add()
 
     def _retire(self, child: _Child) -> None:

@@ -433,8 +433,7 @@ class StageWorker:
         stage = self.stage.name
         claim = await self.store.claim_attempt(event.job_id, stage, max_attempts=self.settings.max_attempts,
                                                skip_done=self.stage.skip_done)
-        if claim.action == "run" and claim.attempt == 1 and event.document_id and not event.erasure \
-                and await self.store.get(event.job_id) is None:
+        if claim.action == "run" and not claim.known and event.document_id and not event.erasure:
             # A version of an erased document (replayed from a DLQ, say): nothing is written for it.
             log.info("%s: job %s is a version of an erased document; skipping it", stage, event.job_id)
             self._metrics.skipped.inc()

@@ -142,6 +142,7 @@ class Claim:
 
     action: Literal["run", "skip", "died"]
     attempt: int
+    known: bool = True  # False: the store has no record of the job (never created, expired or erased)
 
 
 class JobStore(abc.ABC):

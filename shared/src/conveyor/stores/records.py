@@ -82,7 +82,7 @@ def claim(record: JobRecord | None, stage: str, *, max_attempts: int, skip_done:
     else:
         attempt = progress.attempts + 1
     updated = with_stage(record, stage, StageState.running, attempts=attempt, error=None) if record else None
-    return (updated if updated is not record else None), Claim("run", attempt)
+    return (updated if updated is not record else None), Claim("run", attempt, known=record is not None)
 
 
 def restarted(record: JobRecord) -> JobRecord:

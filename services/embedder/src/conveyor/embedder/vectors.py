@@ -106,20 +106,20 @@ class VectorStore:
                 for chunk, vector in zip(chunks, vectors)
             ]
             await self._call(lambda: self._client.upsert(self.collection, points=points, wait=True))
-        elif not await self._call(lambda: self._client.collection_exists(self.collection)):
+        elif not await self._collection_exists():
             return  # nothing was ever written, so nothing is left over
         await self._delete(owner, from_chunk=len(chunks))
 
     async def erase(self, owner: Owner, *, versions_up_to: float) -> None:
         """Every chunk of the owner written by a version submitted up to `versions_up_to` goes (a
         later version's are its next life). Rare, so the embedded store may scan for them."""
-        if await self._call(lambda: self._client.collection_exists(self.collection)):
+        if await self._collection_exists():
             selector = models.FilterSelector(filter=owner.filter(versions_up_to=versions_up_to))
             await self._call(lambda: self._client.delete(self.collection, points_selector=selector, wait=True))
 
     async def written_version(self, owner: Owner) -> float | None:
         """The version that wrote the owner's chunks (None: none are stored)."""
-        if not await self._call(lambda: self._client.collection_exists(self.collection)):
+        if not await self._collection_exists():
             return None
         found = await self._call(lambda: self._client.retrieve(self.collection, [owner.point_id(0)],
                                                                with_payload=["version"]))
@@ -137,10 +137,14 @@ class VectorStore:
         await self._call(lambda: self._client.delete(self.collection, points_selector=selector, wait=True))
 
     async def count(self, owner: Owner) -> int:
-        if not await self._call(lambda: self._client.collection_exists(self.collection)):
+        if not await self._collection_exists():
             return 0
         result = await self._call(lambda: self._client.count(self.collection, count_filter=owner.filter()))
         return result.count
+
+    async def _collection_exists(self) -> bool:
+        """Known once this process has written to it (no round trip per record), else asked."""
+        return self._dimension is not None or await self._call(lambda: self._client.collection_exists(self.collection))
 
     async def _ensure_collection(self, dimension: int) -> None:
         if self._dimension == dimension:

@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from conveyor import metrics, tracing, usage
 from conveyor.breakers import DependencyUnavailable
-from conveyor.events import DOCUMENT_ID_PATTERN, Payload
+from conveyor.events import DOCUMENT_ID_PATTERN, Payload, utcnow
 from conveyor.gateway.admission import BacklogBound, TenantRate, refuse
 from conveyor.gateway.answers import accepted, unavailable, validation_problem
 from conveyor.gateway.auth import Authenticate, Authenticator, Principal, caller
@@ -358,11 +358,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def erase_document(document_id: str, request: Request,
                              principal: Annotated[Principal, Depends(caller)]) -> ErasureAccepted:
         intake: Intake = request.app.state.intake
-        known_document_id(document_id)
         # Stamped first: it erases the versions submitted until now, not one that arrives meanwhile.
-        erasure = documents.erasure_event(intake.stages[0], principal.tenant, document_id, principal.subject)
+        stamped = utcnow()
         found = [record for record in await tenant_document(request, document_id, principal)
-                 if record.created_at <= erasure.created_at]
+                 if record.created_at <= stamped]
+        erasure = documents.erasure_event(intake.stages[0], principal.tenant, document_id, principal.subject,
+                                          created_at=stamped)
         await documents.withdraw(request.app.state.store, request.app.state.blobs, found)
         await intake.publish(erasure)
         answer = accepted(settings.public_url, request.scope, erasure.job_id)
@@ -370,8 +371,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                                versions=len(found))
 
     async def tenant_document(request: Request, document_id: str, principal: Principal) -> list[JobRecord]:
-        """The document's versions, when the caller's tenant has any (404 otherwise, like a job)."""
-        known_document_id(document_id)
+        """The document's versions, when the caller's tenant has any (404 otherwise, like a job; an
+        id no submission could have given is no document either)."""
+        if not DOCUMENT_ID.fullmatch(document_id):
+            raise HTTPException(404, "no such document: a document id is 1 to 200 letters, digits and ._:@/+=-")
         found = await document_versions(request.app.state.store, principal.tenant, document_id)
         if not found:
             raise HTTPException(404, f"no document {document_id}")
@@ -403,12 +406,6 @@ def _utc(moment: datetime | None) -> datetime | None:
     except OverflowError:  # an offset past year 1 or 9999
         return (datetime.min if moment.year < 5000 else datetime.max).replace(tzinfo=timezone.utc)
 
-
-
-def known_document_id(document_id: str) -> None:
-    """A path's document id that no submission could have given is no document: 404."""
-    if not DOCUMENT_ID.fullmatch(document_id):
-        raise HTTPException(404, "no such document: a document id is 1 to 200 letters, digits and ._:@/+=-")
 
 
 def refuse_unknown_parameters(request: Request, known: set[str]) -> None:

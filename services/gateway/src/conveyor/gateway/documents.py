@@ -11,8 +11,8 @@
   and sends an erasure down the pipeline behind them (the same key, so after them in every
   stage): the embedder deletes the document's vectors, and the last stage forgets every version's
   record (`conveyor.stores.documents`). It erases the versions submitted before it: one submitted
-  while it travels is the document's next life, and stays. The erasure is a job of its own, to follow until it completes;
-  its record keeps the document id and nothing of the content.
+  while it travels is the document's next life, and stays. The erasure is a job of its own, to
+  follow until it completes; its record keeps the document id and nothing of the content.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 from conveyor.events import Event, Payload
 from conveyor.stores.base import JobRecord, JobState, JobStore
 from conveyor.stores.blobs import BlobStore
+
 
 def content_sha256(content_type: str, content_digest: str) -> str:
     """A version's content hash: its bytes' sha256 (hex) under its content type (the same bytes
@@ -75,6 +76,7 @@ async def withdraw(store: JobStore, blobs: BlobStore, found: list[JobRecord]) ->
             await blobs.delete(blob)
 
 
-def erasure_event(first_stage: str, tenant: str, document_id: str, user_id: str) -> Event:
+def erasure_event(first_stage: str, tenant: str, document_id: str, user_id: str, *, created_at: datetime) -> Event:
+    """The erasure's event; `created_at` bounds the versions it erases (see the module docstring)."""
     return Event(job_id=f"erase-{uuid.uuid4().hex}", tenant=tenant, user_id=user_id[:256] or "-", stage=first_stage,
-                 payload=Payload(), document_id=document_id, erasure=True)
+                 payload=Payload(), document_id=document_id, erasure=True, created_at=created_at)

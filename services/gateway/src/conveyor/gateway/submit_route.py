@@ -89,11 +89,10 @@ class SubmitEndpoint:
             return hashlib.sha256(request.model_dump_json().encode()).hexdigest()
 
         document = request.document_id
-        submission = Submission(
-            tenant=scope["state"]["principal"].tenant, user_id=request.user_id,
-            callback_url=str(request.callback_url) if request.callback_url else None, payload=payload,
-            document_id=document, content_sha256=content_sha256(request.content_type, hashlib.sha256(data).hexdigest())
-            if document else None)
+        content = content_sha256(request.content_type, hashlib.sha256(data).hexdigest()) if document else None
+        submission = Submission(tenant=scope["state"]["principal"].tenant, user_id=request.user_id,
+                                callback_url=str(request.callback_url) if request.callback_url else None,
+                                payload=payload, document_id=document, content_sha256=content)
         return await self.state.intake.accept(submission, idempotency_key, digest)
 
 
