@@ -274,6 +274,26 @@ async def test_events_from_a_newer_producer_are_read_and_keep_their_fields(tmp_p
     assert "unsupported event version 2" in letter.error
 
 
+async def test_a_version_of_an_erased_document_is_skipped_and_a_job_without_a_record_still_runs(
+        tmp_path: Path) -> None:
+    """A replayed dead letter of an erased document's version finds no record: nothing runs for
+    it. A job without a document and without a record (a store that lost it) runs as before."""
+    handled: list[str] = []
+
+    async def handler(event: Event) -> Event:
+        handled.append(event.job_id)
+        return event.next()
+
+    h = Harness(tmp_path, handler)
+    h.consumer.append(event_bytes("erased", document_id="handbook"), key=b"default/handbook")
+    h.consumer.append(event_bytes("unrecorded"), key=b"unrecorded")
+    await h.add("kept", document_id="handbook")
+    async with h.running():
+        await eventually(lambda: sorted(h.outputs()) == ["kept", "unrecorded"])
+        await eventually(lambda: h.consumer.committed_position(0) == 3)
+    assert sorted(handled) == ["kept", "unrecorded"]
+
+
 async def test_permanent_errors_go_to_the_dlq_at_once(tmp_path: Path) -> None:
     calls: list[int] = []
 
