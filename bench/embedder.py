@@ -15,7 +15,6 @@ import argparse
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -29,6 +28,7 @@ from conveyor.document import Document  # noqa: E402
 from conveyor.embedder.backends.minilm import MiniLM, model_folder  # noqa: E402
 from conveyor.embedder.chunking import chunk_document  # noqa: E402
 from conveyor.events import Event, Payload  # noqa: E402
+from conveyor.ids import new_job_id  # noqa: E402
 from conveyor.stores.base import StageState  # noqa: E402
 
 PIPELINE = "extractor,embedder,summarizer,notifier"
@@ -54,7 +54,7 @@ async def main() -> None:
     chunks, seconds = model_alone(documents)
     baseline = chunks / seconds
 
-    events = [Event(job_id=uuid.uuid4().hex, user_id="bench", stage="embedder",
+    events = [Event(job_id=new_job_id(), user_id="bench", stage="embedder",
                     payload=Payload(text=document.encode().decode(), content_type="application/vnd.conveyor.blocks+json"))
               for document in documents]
     with EmbeddedBroker() as broker, tempfile.TemporaryDirectory() as tmp:

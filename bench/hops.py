@@ -33,6 +33,7 @@ from stages import StageRun  # noqa: E402
 
 from conveyor.cli.embedded_broker import EmbeddedBroker  # noqa: E402
 from conveyor.events import Event, Payload  # noqa: E402
+from conveyor.ids import new_job_id  # noqa: E402
 from conveyor.kafka.admin import ensure_topics  # noqa: E402
 from conveyor.kafka.clients import make_consumer, make_producer  # noqa: E402
 from conveyor.kafka.stage import Stage  # noqa: E402
@@ -62,7 +63,7 @@ async def conveyor_hops(bootstrap: str, count: int, home: Path) -> tuple[float, 
     """(docs/s, CPU us per hop) of three Conveyor stage processes."""
     run = StageRun(bootstrap, home, worker_argv=lambda stage: [sys.executable, __file__, "--stage", stage])
     await run.start(*STAGES)
-    events = [Event(job_id=uuid.uuid4().hex, user_id="bench", stage="extractor", payload=Payload(text=d))
+    events = [Event(job_id=new_job_id(), user_id="bench", stage="extractor", payload=Payload(text=d))
               for d in documents(count)]
     cpu_before = cpu_seconds([w.pid for w in run.workers])
     try:

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from documents import english_text  # noqa: E402
 
 from conveyor.events import Event, Payload  # noqa: E402
+from conveyor.ids import new_job_id  # noqa: E402
 from conveyor.kafka.admin import ensure_topics  # noqa: E402
 from conveyor.kafka.clients import make_consumer, make_producer  # noqa: E402
 from conveyor.cli.embedded_broker import EmbeddedBroker  # noqa: E402
@@ -141,7 +142,7 @@ async def run_conveyor(bootstrap: str, docs: list[str], home: Path, extra_env: d
     producer = make_producer(settings)
     await producer.start()
     started = time.time()
-    events = [Event(job_id=uuid.uuid4().hex, user_id="bench", stage="extractor", payload=Payload(text=d))
+    events = [Event(job_id=new_job_id(), user_id="bench", stage="extractor", payload=Payload(text=d))
               for d in docs]
     for event in events:
         await store.create(JobRecord(job_id=event.job_id, user_id="bench"))

@@ -16,7 +16,6 @@ import asyncio
 import io
 import sys
 import tempfile
-import uuid
 import zlib
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from test_isolation import docx_bomb  # noqa: E402
 
 from conveyor.cli.embedded_broker import EmbeddedBroker  # noqa: E402
 from conveyor.events import Event, Payload  # noqa: E402
+from conveyor.ids import new_job_id  # noqa: E402
 from conveyor.stores.base import StageState  # noqa: E402
 from conveyor.topics import STAGES  # noqa: E402
 
@@ -57,13 +57,13 @@ def slow_pdf() -> bytes:
 
 
 def healthy(count: int) -> list[Event]:
-    return [Event(job_id=uuid.uuid4().hex, user_id="bench", stage="extractor",
+    return [Event(job_id=new_job_id(), user_id="bench", stage="extractor",
                   payload=Payload(text=english_text(seed=i, sentences=12)[:2048])) for i in range(count)]
 
 
 def poison(count: int) -> list[Event]:
     pdf, docx = slow_pdf(), docx_bomb(400)
-    return [Event(job_id=uuid.uuid4().hex, user_id="bench", stage="extractor",
+    return [Event(job_id=new_job_id(), user_id="bench", stage="extractor",
                   payload=Payload.from_bytes(pdf, content_type="application/pdf", filename="slow.pdf") if i % 2 == 0
                   else Payload.from_bytes(docx, filename="bomb.docx")) for i in range(count)]
 

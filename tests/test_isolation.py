@@ -144,6 +144,26 @@ async def test_no_more_calls_go_to_the_background_than_the_pool_has_processes() 
         await pool.close()
 
 
+async def test_a_long_call_that_found_the_background_full_moves_there_once_a_place_frees_up() -> None:
+    pool = IsolatedPool(1, memory_mb=0, background_after=0.1)
+    try:
+        first = asyncio.create_task(pool.run(calls.hang, timeout=1))  # the background's one place
+        await asyncio.sleep(0.3)
+        second = asyncio.create_task(pool.run(calls.hang, timeout=8))  # finds it taken: keeps its slot
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        # Waits for the slot: the second moves to the background soon after the first ends.
+        await pool.run(calls.niceness, timeout=30)
+        assert time.monotonic() - started < 3, "the call waited for the second one's deadline"
+        with pytest.raises(CallTimedOut):
+            await first
+        second.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await second
+    finally:
+        await pool.close()
+
+
 def test_a_killed_worker_takes_its_parser_processes_with_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
     import subprocess
     import sys

@@ -12,7 +12,8 @@ running after `background_after` seconds (a poison document, or just a big one) 
 background: its process is lowered in CPU priority (`BACKGROUND_NICENESS`) and a new child takes
 its place in the pool, so the documents behind it do not wait for it and get the CPU first; it
 keeps its deadline, and its process goes when it ends. At most `processes` calls are in the
-background at once; past that, a long call keeps its place.
+background at once; past that, a long call keeps its place until one of them ends (checked every
+`background_after` seconds).
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ class _Child:
         self._lock = threading.Lock()
         self._busy = self._killed = False
         self.background = False
+        self.promotion: asyncio.TimerHandle | None = None  # moving its running call to the background
 
     def lower_priority(self) -> None:
         with contextlib.suppress(OSError):  # gone already
@@ -190,7 +192,7 @@ class IsolatedPool:
     async def run(self, fn: Callable[..., Any], /, *args: Any, timeout: float, **kwargs: Any) -> Any:
         child = await self._idle.get()
         healthy = False
-        to_background = asyncio.get_running_loop().call_later(self._background_after, self._to_background, child)
+        child.promotion = asyncio.get_running_loop().call_later(self._background_after, self._to_background, child)
         try:
             result = await asyncio.to_thread(child.call, fn, args, kwargs, timeout)
             healthy = True
@@ -203,7 +205,7 @@ class IsolatedPool:
             healthy = True  # the call raised; the child is fine
             raise
         finally:
-            to_background.cancel()
+            child.promotion.cancel()
             if child.background:  # its place in the pool was taken when it moved there
                 self._retire(child)
             elif healthy:
@@ -213,7 +215,12 @@ class IsolatedPool:
 
     def _to_background(self, child: _Child) -> None:
         """A long call: its process yields the CPU to the others, and a new child takes its place."""
-        if self._closed or sum(other.background for other in self._children) >= self._processes:
+        if self._closed:
+            return
+        if sum(other.background for other in self._children) >= self._processes:
+            # Asked again until a place frees up: a long call must not keep its pool slot for
+            # the rest of its deadline because others were long at the same moment.
+            child.promotion = asyncio.get_running_loop().call_later(self._background_after, self._to_background, child)
             return
         child.lower_priority()
         self._add()

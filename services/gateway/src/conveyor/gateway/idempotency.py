@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 
 from fastapi import HTTPException
 
+from conveyor.ids import new_job_id
 from conveyor.stores.base import JobStore
 
 KEY_PATTERN = r"^[!-~]{1,255}$"  # printable ASCII without spaces, as Stripe's and the IETF draft's keys
@@ -31,7 +31,7 @@ class Idempotency:
         """The job id for this request, and whether it is new (False: answer with the first one's)."""
         deadline = time.monotonic() + JOIN_SECONDS
         while True:
-            job_id = uuid.uuid4().hex
+            job_id = new_job_id()
             held_digest, held_job = await self.store.claim_idempotency_key(
                 tenant, key, digest=digest, job_id=job_id, ttl_seconds=self.ttl)
             if held_job == job_id:

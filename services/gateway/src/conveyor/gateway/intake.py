@@ -16,7 +16,6 @@ later either.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -30,6 +29,8 @@ from conveyor.gateway.budget import DailyTokenBudget
 from conveyor.gateway.admission import ActiveJobQuota, BacklogBound
 from conveyor.gateway import documents, redelivery
 from conveyor.gateway.idempotency import Idempotency
+from conveyor.ids import new_job_id
+from conveyor.kafka.grouped_send import GroupedSender
 from conveyor.settings import Settings
 from conveyor.stores.base import JobRecord, JobState, JobStore, StageProgress
 from conveyor.stores.blobs import BlobStore
@@ -67,6 +68,8 @@ class Intake:
         self.stages = tuple(settings.pipeline_stages)
         self.topic = input_topic(self.stages[0], settings.topic_prefix)
         self.producer, self.store, self.blobs, self.backlog = producer, store, blobs, backlog
+        # The jobs accepted in one turn of the loop share a batch.
+        self.sender = GroupedSender(producer, max_record_bytes=settings.max_message_bytes)
         self.quota = ActiveJobQuota(store, settings.tenant_max_active_jobs)
         self.budget = DailyTokenBudget(store, settings.tenant_daily_tokens)
         self.idempotency = Idempotency(store, settings.idempotency_ttl_seconds)
@@ -83,7 +86,7 @@ class Intake:
         """Admit, build and publish the job (nothing new is published for a repeat of an earlier
         request with the same Idempotency-Key, or for an unchanged version of a document). Uploads
         are `admitted` already, before their body is read."""
-        tenant, job_id = submission.tenant, uuid.uuid4().hex
+        tenant, job_id = submission.tenant, new_job_id()
         if idempotency_key is not None:
             job_id, new = await self.idempotency.claim(tenant, idempotency_key, digest())
             if not new:
@@ -150,8 +153,8 @@ class Intake:
             try:
                 # Waiting for the broker's ack is the promise behind 202: the job is durable now.
                 async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
-                    await self.producer.send_and_wait(self.topic, event_bytes, key=event.partition_key(),
-                                                      headers=tracing.kafka_headers())
+                    await self.sender.send(self.topic, event_bytes, key=event.partition_key(),
+                                           headers=tracing.kafka_headers())
             except (KafkaError, asyncio.TimeoutError) as exc:
                 if isinstance(exc, KafkaError) and not exc.retriable:
                     raise
