@@ -9,6 +9,7 @@ the Dockerfiles and skaffold.yaml must agree with the Deployments.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from pathlib import Path
@@ -294,6 +295,30 @@ def test_configuration_is_valid_for_the_application(name: str, rendered: dict[st
         values = VALUE_SETS[name]
         assert settings.status_store == (values.get("statusStore") or {}).get("backend", "sqlite")
         assert settings.topic_prefix == _prefix(values)
+
+
+def _mebibytes(quantity: str) -> float:
+    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "M": 1e6 / 2**20, "G": 1e9 / 2**20}
+    unit = next((u for u in sorted(units, key=len, reverse=True) if quantity.endswith(u)), "")
+    return float(quantity[:len(quantity) - len(unit)]) * units[unit] if unit else float(quantity) / 2**20
+
+
+def _cpus(quantity: str) -> int:
+    return math.ceil(float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity))
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_the_extractors_parses_fit_its_memory_limit(name: str, rendered: dict[str, k8s.Manifests]) -> None:
+    """Up to twice the parser processes parse at once, each capped; with the worker itself that fits
+    the container, so a hostile document fails its record instead of getting the pod OOM-killed."""
+    manifests = rendered[name]
+    deployment = manifests.deployment_for("extractor")
+    env = manifests.effective_env(deployment)
+    limits = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    processes = int(env["CONVEYOR_PARSE_PROCESSES"]) or _cpus(limits["cpu"])  # 0: the CPU limit, rounded up
+    cap = int(env["CONVEYOR_PARSE_MEMORY_MB"])
+    assert cap > 0, "an uncapped parse can take the whole pod"
+    assert 2 * processes * cap + 300 <= _mebibytes(limits["memory"])
 
 
 def test_secret_holds_only_what_is_set() -> None:

@@ -16,6 +16,7 @@ from typing import Annotated, Literal
 from pydantic import Field, NonNegativeFloat, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from conveyor.cpus import usable_cpus
 from conveyor.variables import OWNED_PREFIXES, READ_ELSEWHERE, unknown_variables, variables_of
 
 DEFAULT_HOME = Path(".conveyor")
@@ -83,7 +84,7 @@ class Settings(BaseSettings):
     session_timeout_ms: int = Field(10_000, ge=1000, description="Consumer group session timeout.")
 
     # --- Parsing untrusted documents (extractor) -------------------------------------------------
-    parse_processes: int = Field(0, ge=0, description="Parser processes per extractor; 0 = CPU count.")
+    parse_processes: int = Field(0, ge=0, description="Parser processes per extractor; 0 = the CPUs it may use (its affinity and container CPU limit).")
     parse_timeout_seconds: float = Field(60.0, gt=0, description="A document still parsing after this is killed; the attempt fails.")
     parse_memory_mb: int = Field(1024, ge=0, description="Memory a parse may add to its process; past it the attempt fails. 0 = no cap.")
 
@@ -150,7 +151,7 @@ class Settings(BaseSettings):
     textrank_max_sentences: int = Field(
         400, ge=10, description="Longer texts are chunked; TextRank cost grows with the square."
     )
-    textrank_processes: int = Field(0, ge=0, description="Process pool size; 0 = CPU count.")
+    textrank_processes: int = Field(0, ge=0, description="Process pool size; 0 = the CPUs it may use (its affinity and container CPU limit).")
     openai_base_url: str | None = Field(None, description="OpenAI-compatible API base URL (vLLM, Ollama, OpenAI).")
     openai_api_key: SecretStr = Field(SecretStr("not-needed"), description="API key for the LLM endpoint (secret).")
     openai_model: str = Field("gpt-4o-mini", description="Model name sent to the LLM endpoint.")
@@ -251,7 +252,10 @@ class Settings(BaseSettings):
         return self
 
     def resolved_parse_processes(self) -> int:
-        return self.parse_processes or os.cpu_count() or 1
+        return self.parse_processes or usable_cpus()
+
+    def resolved_textrank_processes(self) -> int:
+        return self.textrank_processes or usable_cpus()
 
     def resolved_liveness_stall_seconds(self) -> float:
         return self.liveness_stall_seconds or self.stage_timeout_seconds + 60

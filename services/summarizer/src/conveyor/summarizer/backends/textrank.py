@@ -140,7 +140,7 @@ class TextRankBackend(SummarizerBackend):
 
     def __init__(self, settings: Settings) -> None:
         self._min_sentences = settings.summary_min_sentences
-        self._processes = settings.textrank_processes or os.cpu_count() or 1
+        self._processes = settings.resolved_textrank_processes()
         self._max_sentences = settings.textrank_max_sentences
         self._executor: ProcessPoolExecutor | None = None
         self._closed = False
