@@ -70,3 +70,22 @@ async def test_a_record_past_the_request_limit_fails_alone_with_the_producers_er
     assert outcomes[1:] == [None] * 20
     assert len(await _read_all(settings, topic, 20)) == 20
 
+
+
+async def test_a_record_whose_caller_gave_up_before_it_was_handed_over_is_not_sent(broker: str) -> None:
+    settings = Settings(bootstrap_servers=broker)
+    topic = f"grouped-{uuid.uuid4().hex[:8]}"
+    await ensure_topics(settings, [topic], partitions=1)
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        sender = GroupedSender(producer, max_record_bytes=settings.max_message_bytes)
+        abandoned = asyncio.create_task(sender.send(topic, b"abandoned", key=b"a"))
+        await asyncio.sleep(0)  # it is waiting in the group; the group has not gone out yet
+        abandoned.cancel()
+        await sender.send(topic, b"kept", key=b"k")
+    finally:
+        await producer.stop()
+    assert abandoned.cancelled()
+    # Both would be on the one partition, the abandoned one first.
+    assert [r.value for r in await _read_all(settings, topic, 1)] == [b"kept"]

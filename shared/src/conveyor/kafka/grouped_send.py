@@ -5,7 +5,8 @@ accumulator entry and a metadata check for each. `send_batch` pays those once pe
 (about 18 µs a record in batches of 32, on this machine). A busy gateway accepts dozens of jobs
 in one turn of the event loop, each waiting for its own acknowledgement; `GroupedSender` gathers
 the records handed to it in that turn and sends them as one batch per partition, and each caller
-still returns only once the broker acknowledged its record (as with `send_and_wait`).
+still returns only once the broker acknowledged its record (as with `send_and_wait`). A record
+whose caller stopped waiting before it was handed to the producer is not sent at all.
 
 Records are placed as `send` would place them: aiokafka's default partitioner (murmur2 of the key
 over the topic's partitions), so a record lands on the same partition whichever path sent it.
@@ -78,6 +79,8 @@ class GroupedSender:
     async def _send_partition(self, topic: str, partition: int, records: list[_Record]) -> None:
         batch, in_batch = self.producer.create_batch(), []
         for record in records:
+            if record.acked.done():  # its caller stopped waiting (a timeout) before it was handed over: not sent
+                continue
             if _size(record) > self.max_record_bytes:
                 await self._send_alone(record, partition)
                 continue
