@@ -57,10 +57,14 @@ class GroupedSender:
     async def _flush(self) -> None:
         while self._waiting:
             records, self._waiting = self._waiting, []
+            partitions: dict[str, tuple[list[int], list[int]]] = {}  # topic -> (all, available), once a group
             by_partition: dict[tuple[str, int], list[_Record]] = defaultdict(list)
             for record in records:
                 try:
-                    by_partition[(record.topic, await self._partition(record))].append(record)
+                    if record.topic not in partitions:
+                        partitions[record.topic] = await self._partitions(record.topic)
+                    every, available = partitions[record.topic]
+                    by_partition[(record.topic, self._partitioner(record.key, every, available))].append(record)
                 except Exception as exc:  # noqa: BLE001 - the caller's error (e.g. no metadata in time)
                     _fail([record], exc)
             try:
@@ -69,12 +73,10 @@ class GroupedSender:
             except Exception as exc:  # noqa: BLE001 - handed to the callers: none waits for ever
                 _fail(records, exc)
 
-    async def _partition(self, record: _Record) -> int:
-        await self.producer.partitions_for(record.topic)  # waits for the topic's metadata, as send does
+    async def _partitions(self, topic: str) -> tuple[list[int], list[int]]:
+        await self.producer.partitions_for(topic)  # waits for the topic's metadata, as send does
         cluster = self.producer.client.cluster
-        every = sorted(cluster.partitions_for_topic(record.topic))
-        available = list(cluster.available_partitions_for_topic(record.topic))
-        return self._partitioner(record.key, every, available)
+        return sorted(cluster.partitions_for_topic(topic)), list(cluster.available_partitions_for_topic(topic))
 
     async def _send_partition(self, topic: str, partition: int, records: list[_Record]) -> None:
         batch, in_batch = self.producer.create_batch(), []
