@@ -22,6 +22,7 @@ import yaml
 
 from conveyor import topics
 from conveyor.cli.embedded_broker import free_port
+from conveyor.operator.applying import quantity
 from conveyor.settings import Settings
 import k8s_checks as k8s
 
@@ -297,16 +298,6 @@ def test_configuration_is_valid_for_the_application(name: str, rendered: dict[st
         assert settings.topic_prefix == _prefix(values)
 
 
-def _mebibytes(quantity: str) -> float:
-    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024, "M": 1e6 / 2**20, "G": 1e9 / 2**20}
-    unit = next((u for u in sorted(units, key=len, reverse=True) if quantity.endswith(u)), "")
-    return float(quantity[:len(quantity) - len(unit)]) * units[unit] if unit else float(quantity) / 2**20
-
-
-def _cpus(quantity: str) -> int:
-    return math.ceil(float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity))
-
-
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
 def test_the_extractors_parses_fit_its_memory_limit(name: str, rendered: dict[str, k8s.Manifests]) -> None:
     """Up to twice the parser processes parse at once, each capped; with the worker itself that fits
@@ -315,10 +306,10 @@ def test_the_extractors_parses_fit_its_memory_limit(name: str, rendered: dict[st
     deployment = manifests.deployment_for("extractor")
     env = manifests.effective_env(deployment)
     limits = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
-    processes = int(env["CONVEYOR_PARSE_PROCESSES"]) or _cpus(limits["cpu"])  # 0: the CPU limit, rounded up
+    processes = int(env["CONVEYOR_PARSE_PROCESSES"]) or math.ceil(quantity(limits["cpu"]))  # 0: the CPU limit, rounded up
     cap = int(env["CONVEYOR_PARSE_MEMORY_MB"])
     assert cap > 0, "an uncapped parse can take the whole pod"
-    assert 2 * processes * cap + 300 <= _mebibytes(limits["memory"])
+    assert (2 * processes * cap + 300) * 2**20 <= quantity(limits["memory"])
 
 
 def test_secret_holds_only_what_is_set() -> None:

@@ -2,8 +2,8 @@
 random bits.
 
 Time first, so ids created together sort together: the job store's primary-key index grows at its
-end instead of touching a random page of a large B-tree per insert, which halved the cost of
-storing a job's record (bench/ingest.py). The random part is as long as a UUIDv4's less four bits,
+end instead of touching a random page of a large B-tree per insert, which halved the CPU of
+storing a job's record (SqliteJobStore.create, 15,000 records, 32 in flight). The random part is as long as a UUIDv4's less four bits,
 so ids stay unguessable; nothing reads meaning into the timestamp.
 """
 

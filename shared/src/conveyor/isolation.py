@@ -192,7 +192,7 @@ class IsolatedPool:
     async def run(self, fn: Callable[..., Any], /, *args: Any, timeout: float, **kwargs: Any) -> Any:
         child = await self._idle.get()
         healthy = False
-        child.promotion = asyncio.get_running_loop().call_later(self._background_after, self._to_background, child)
+        self._promote_later(child)
         try:
             result = await asyncio.to_thread(child.call, fn, args, kwargs, timeout)
             healthy = True
@@ -213,6 +213,9 @@ class IsolatedPool:
             else:
                 self._replace(child)
 
+    def _promote_later(self, child: _Child) -> None:
+        child.promotion = asyncio.get_running_loop().call_later(self._background_after, self._to_background, child)
+
     def _to_background(self, child: _Child) -> None:
         """A long call: its process yields the CPU to the others, and a new child takes its place."""
         if self._closed:
@@ -220,7 +223,7 @@ class IsolatedPool:
         if sum(other.background for other in self._children) >= self._processes:
             # Asked again until a place frees up: a long call must not keep its pool slot for
             # the rest of its deadline because others were long at the same moment.
-            child.promotion = asyncio.get_running_loop().call_later(self._background_after, self._to_background, child)
+            self._promote_later(child)
             return
         child.lower_priority()
         self._add()

@@ -4,10 +4,10 @@ aiokafka's `send` spends about 55 µs of CPU per record with a few dozen in flig
 accumulator entry and a metadata check for each. `send_batch` pays those once per batch
 (about 18 µs a record in batches of 32, on this machine). A busy gateway accepts several jobs in
 one turn of the event loop (3.6 on average at 32 connections in bench/ingest.py), each waiting for
-its own acknowledgement; `GroupedSender` gathers
-the records handed to it in that turn and sends them as one batch per partition, and each caller
-still returns only once the broker acknowledged its record (as with `send_and_wait`). A record
-whose caller stopped waiting before it was handed to the producer is not sent at all.
+its own acknowledgement; `GroupedSender` gathers the records handed to it in that turn and sends
+them as one batch per partition, and each caller still returns only once the broker acknowledged
+its record (as with `send_and_wait`). A record whose caller stopped waiting before it was handed to
+the producer is not sent at all.
 
 Records are placed as `send` would place them: aiokafka's default partitioner (murmur2 of the key
 over the topic's partitions), so a record lands on the same partition whichever path sent it.
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,16 +59,18 @@ class GroupedSender:
     async def _flush(self) -> None:
         while self._waiting:
             records, self._waiting = self._waiting, []
-            partitions: dict[str, tuple[list[int], list[int]]] = {}  # topic -> (all, available), once a group
-            by_partition: dict[tuple[str, int], list[_Record]] = defaultdict(list)
+            by_topic: dict[str, list[_Record]] = defaultdict(list)
             for record in records:
-                try:
-                    if record.topic not in partitions:
-                        partitions[record.topic] = await self._partitions(record.topic)
-                    every, available = partitions[record.topic]
-                    by_partition[(record.topic, self._partitioner(record.key, every, available))].append(record)
-                except Exception as exc:  # noqa: BLE001 - the caller's error (e.g. no metadata in time)
-                    _fail([record], exc)
+                by_topic[record.topic].append(record)
+            by_partition: dict[tuple[str, int], list[_Record]] = defaultdict(list)
+            for topic, group in by_topic.items():
+                try:  # once a group: a topic whose metadata does not come fails its records together
+                    every, available = await self._partitions(topic)
+                except Exception as exc:  # noqa: BLE001 - the callers' error (e.g. no metadata in time)
+                    _fail(group, exc)
+                    continue
+                for record in group:
+                    by_partition[(topic, self._partitioner(record.key, every, available))].append(record)
             try:
                 for (topic, partition), group in by_partition.items():
                     await self._send_partition(topic, partition, group)
@@ -100,22 +103,21 @@ class GroupedSender:
         return batch.append(key=record.key, value=record.value, timestamp=None, headers=record.headers) is not None
 
     async def _submit(self, batch: Any, topic: str, partition: int, records: list[_Record]) -> None:
-        try:
-            delivered = await self.producer.send_batch(batch, topic, partition=partition)
-        except Exception as exc:  # noqa: BLE001 - every record of the batch failed with it
-            _fail(records, exc)
-            return
-        delivered.add_done_callback(lambda done: _settle(records, done))
+        await _hand_over(records, self.producer.send_batch(batch, topic, partition=partition))
 
     async def _send_alone(self, record: _Record, partition: int) -> None:
-        try:
-            delivered = await self.producer.send(record.topic, record.value, key=record.key, partition=partition,
-                                                 headers=record.headers)
-        except Exception as exc:  # noqa: BLE001
-            _fail([record], exc)
-            return
-        delivered.add_done_callback(lambda done: _settle([record], done))
+        await _hand_over([record], self.producer.send(record.topic, record.value, key=record.key,
+                                                      partition=partition, headers=record.headers))
 
+
+async def _hand_over(records: list[_Record], handing: Awaitable[asyncio.Future[Any]]) -> None:
+    """Give records to the producer; they settle when the broker answers for them."""
+    try:
+        delivered = await handing
+    except Exception as exc:  # noqa: BLE001 - every record handed over with it failed
+        _fail(records, exc)
+        return
+    delivered.add_done_callback(lambda done: _settle(records, done))
 
 def _size(record: _Record) -> int:
     return len(record.value) + len(record.key) + sum(len(name) + len(value) for name, value in record.headers)

@@ -67,7 +67,7 @@ class Intake:
         # The pipeline's first stage reads what the gateway sends; a job's status lists every stage.
         self.stages = tuple(settings.pipeline_stages)
         self.topic = input_topic(self.stages[0], settings.topic_prefix)
-        self.producer, self.store, self.blobs, self.backlog = producer, store, blobs, backlog
+        self.store, self.blobs, self.backlog = store, blobs, backlog
         # The jobs accepted in one turn of the loop share a batch.
         self.sender = GroupedSender(producer, max_record_bytes=settings.max_message_bytes)
         self.quota = ActiveJobQuota(store, settings.tenant_max_active_jobs)

@@ -30,7 +30,8 @@ _SUFFIXES = {"": 1, "m": Decimal("0.001"), "k": 10**3, "M": 10**6, "G": 10**9, "
 _QUANTITY = re.compile(r"^([+-]?[0-9.]+(?:[eE][+-]?[0-9]+)?)([a-zA-Z]*)$")
 
 
-def _quantity(value: Any) -> Decimal | None:
+def quantity(value: Any) -> Decimal | None:
+    """A Kubernetes resource quantity's value ("500m" is 0.5, "1Gi" 2**30); None if it is not one."""
     match = _QUANTITY.match(str(value).strip())
     if not match or match.group(2) not in _SUFFIXES:
         return None
@@ -51,7 +52,7 @@ def matches(desired: Any, actual: Any, *, quantities: bool = False) -> bool:
                 and all(matches(d, a, quantities=quantities) for d, a in zip(desired, actual)))
     if desired == actual:
         return True
-    return quantities and _quantity(desired) is not None and _quantity(desired) == _quantity(actual)
+    return quantities and quantity(desired) is not None and quantity(desired) == quantity(actual)
 
 
 def with_config_hash(desired: Mapping[str, Any]) -> dict[str, Any]:
