@@ -85,8 +85,9 @@ class StageRun:
             while len(finished) < len(job_ids):
                 if time.monotonic() > deadline or any(w.poll() is not None for w in self.workers):
                     raise SystemExit(f"run stopped with {len(job_ids) - len(finished)} jobs unfinished")
-                for job_id in [j for j in job_ids if j not in finished][:300]:
-                    record = await store.get(job_id)
+                unfinished = [j for j in job_ids if j not in finished][:300]
+                # Read together: one transaction, so the polling barely touches the stages' database.
+                for job_id, record in zip(unfinished, await asyncio.gather(*map(store.get, unfinished))):
                     progress = record.stages.get(stage) if record else None
                     if progress and progress.state in (StageState.done, StageState.failed):
                         finished[job_id] = record  # type: ignore[assignment]

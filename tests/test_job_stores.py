@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
+import sqlite3
 import subprocess
 import time
 import uuid
@@ -13,10 +15,10 @@ import pytest
 from redis import Redis as SyncRedis
 
 from conveyor.errors import TransientError
-from conveyor.events import utcnow
+from conveyor.events import BlobRef, utcnow
 from conveyor.cli.embedded_broker import free_port
 from conveyor.stores import records
-from conveyor.stores.base import Delivery, DeliveryState, JobRecord, JobState, JobStore, StageState
+from conveyor.stores.base import Delivery, DeliveryState, JobRecord, JobState, JobStore, StageProgress, StageState
 from conveyor.stores.redis_store import RedisJobStore
 from conveyor.stores.sqlite_store import SqliteJobStore
 from conveyor.usage import UsageTotal
@@ -605,3 +607,65 @@ async def test_an_idempotency_key_binds_to_its_first_claim_until_it_expires_or_i
     await store.claim_idempotency_key("acme", "short", digest="d6", job_id="j6", ttl_seconds=0.2)
     await asyncio.sleep(0.4)
     assert await store.claim_idempotency_key("acme", "short", digest="d7", job_id="j7", ttl_seconds=0.2) == ("d7", "j7")
+
+
+async def test_a_stage_only_change_counts_as_an_update_for_listings(store: JobStore) -> None:
+    record = _record(tenant="acme")
+    await store.create(record)
+    await store.update_stage(record.job_id, "extractor", StageState.running, attempts=1)
+    before = utcnow()
+    await asyncio.sleep(0.002)
+    await store.update_stage(record.job_id, "extractor", StageState.done, attempts=1)  # the job stays running
+    loaded = await store.get(record.job_id)
+    assert loaded is not None and loaded.state == JobState.running and loaded.updated_at > before
+    assert [r.job_id for r in await store.list_jobs("acme", since=before)] == [record.job_id]
+    listed = (await store.list_jobs("acme"))[0]
+    assert listed.stages["extractor"].state == StageState.done and listed.updated_at == loaded.updated_at
+
+
+async def test_stage_writes_and_whole_record_writes_of_one_job_in_one_group_all_land(store: JobStore) -> None:
+    record = _record(stages={"extractor": StageProgress(), "summarizer": StageProgress()})
+    await store.create(record)
+    await store.claim_attempt(record.job_id, "extractor", max_attempts=3, skip_done=False)
+    blob = BlobRef(uri="file:///tmp/x", size=1, sha256="0" * 64)
+    await asyncio.gather(
+        store.update_stage(record.job_id, "extractor", StageState.done, attempts=1, meta={"pages": 2}),
+        store.transform(record.job_id, lambda r: records.with_blob(r, blob)),
+        store.claim_attempt(record.job_id, "summarizer", max_attempts=3, skip_done=False),
+    )
+    # A later whole-record write, then a stage write: each sees what the one before wrote.
+    await store.set_delivery(record.job_id, Delivery(state=DeliveryState.waiting, webhook_id=record.job_id))
+    await store.update_stage(record.job_id, "summarizer", StageState.failed, attempts=1, error="bad")
+    loaded = await store.get(record.job_id)
+    assert loaded is not None
+    assert loaded.stages["extractor"].state == StageState.done and loaded.meta == {"pages": 2}
+    assert [b.uri for b in loaded.blobs] == [blob.uri] and loaded.delivery is not None
+    assert (loaded.stages["summarizer"].state, loaded.stages["summarizer"].attempts) == (StageState.failed, 1)
+    assert (loaded.state, loaded.error) == (JobState.failed, "summarizer: bad")
+    assert await store.active_jobs(record.tenant) == 0, "a failure by a stage write ends the job's active count"
+
+
+async def test_sqlite_keeps_stage_progress_in_rows_and_folds_them_into_whole_record_writes(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    store = SqliteJobStore(tmp_path / "jobs.sqlite3")
+    raw = sqlite3.connect(tmp_path / "jobs.sqlite3")
+    try:
+        job = _record(stages={"extractor": StageProgress()})
+        await store.create(job)
+        text_before = raw.execute("SELECT record FROM jobs").fetchone()[0]
+        await store.claim_attempt(job.job_id, "extractor", max_attempts=3, skip_done=False)
+        await store.update_stage(job.job_id, "extractor", StageState.running, attempts=1)
+        assert raw.execute("SELECT stage, state, attempts FROM stage_progress").fetchall() == [("extractor", "running", 1)]
+        record_json = json.loads(raw.execute("SELECT record FROM jobs").fetchone()[0])
+        assert record_json["state"] == "running" and record_json["stages"] == json.loads(text_before)["stages"], \
+            "the stage's progress is in its row; the record changed only for the job's own state"
+        await store.mark_notified(job.job_id)  # a whole-record write
+        assert raw.execute("SELECT count(*) FROM stage_progress").fetchone()[0] == 0
+        folded = json.loads(raw.execute("SELECT record FROM jobs").fetchone()[0])
+        assert (folded["stages"]["extractor"]["state"], folded["stages"]["extractor"]["attempts"]) == ("running", 1)
+        second = await store.claim_attempt(job.job_id, "extractor", max_attempts=3, skip_done=False)
+        assert second.attempt == 2, "the count goes on from the folded record"
+        await store.discard(job.job_id)
+        assert raw.execute("SELECT count(*) FROM stage_progress").fetchone()[0] == 0
+    finally:
+        raw.close()
+        await store.close()

@@ -2,10 +2,41 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from conveyor.events import BlobRef, utcnow
 from conveyor.stores.base import Claim, JobRecord, JobState, StageProgress, StageState
+
+
+def stage_after(current: StageProgress | None, state: StageState, *, attempts: int, error: str | None,
+                waiting_for: str | None, now: datetime) -> StageProgress | None:
+    """A stage's progress once it reports `state`; None when nothing changes (a redelivered event
+    must not move a finished stage backwards)."""
+    current = current or StageProgress()
+    if current.state == StageState.done and state != StageState.done:
+        return None
+    # A replayed dead letter starts counting its attempts afresh, and a wait for a dependency gives
+    # back the attempt the outage interrupted; otherwise the count only grows.
+    exact = state == StageState.waiting or (current.state == StageState.failed and state == StageState.running)
+    waiting = state == StageState.waiting
+    since = (current.waiting_since if current.state == StageState.waiting else None) or now
+    return StageProgress(state=state, attempts=attempts if exact else max(attempts, current.attempts),
+                         error=error, updated_at=now, waiting_for=waiting_for if waiting else None,
+                         waiting_since=since if waiting else None)
+
+
+def job_after(job_state: JobState, job_error: str | None, stage: str, state: StageState,
+              error: str | None) -> tuple[JobState, str | None]:
+    """The job's state and error once one of its stages reports `state` (not for a cancelled job)."""
+    if state == StageState.failed:
+        return JobState.failed, f"{stage}: {error}"
+    if state == StageState.waiting and job_state != JobState.completed:
+        return JobState.waiting, None
+    if job_state in (JobState.queued, JobState.failed, JobState.waiting):
+        # A replayed dead letter brings a failed job back to life; an outage's end, a waiting one.
+        return JobState.running, None
+    return job_state, job_error
 
 
 def with_stage(record: JobRecord, stage: str, state: StageState, *, attempts: int, error: str | None,
@@ -15,29 +46,12 @@ def with_stage(record: JobRecord, stage: str, state: StageState, *, attempts: in
     if record.state == JobState.cancelled:
         return record  # nothing is written for a cancelled job
     now = utcnow()
-    current = record.stages.get(stage, StageProgress())
-    if current.state == StageState.done and state != StageState.done:
-        return record  # a redelivered event must not move a finished stage backwards
-    stages = dict(record.stages)
-    # A replayed dead letter starts counting its attempts afresh, and a wait for a dependency gives
-    # back the attempt the outage interrupted; otherwise the count only grows.
-    exact = state == StageState.waiting or (current.state == StageState.failed and state == StageState.running)
-    waiting = state == StageState.waiting
-    since = (current.waiting_since if current.state == StageState.waiting else None) or now
-    stages[stage] = StageProgress(state=state, attempts=attempts if exact else max(attempts, current.attempts),
-                                  error=error, updated_at=now, waiting_for=waiting_for if waiting else None,
-                                  waiting_since=since if waiting else None)
-    job_state = record.state
-    if state == StageState.failed:
-        job_state, error_text = JobState.failed, f"{stage}: {error}"
-    elif waiting and job_state != JobState.completed:
-        job_state, error_text = JobState.waiting, None
-    elif job_state in (JobState.queued, JobState.failed, JobState.waiting):
-        # A replayed dead letter brings a failed job back to life; an outage's end, a waiting one.
-        job_state, error_text = JobState.running, None
-    else:
-        error_text = record.error
-    update = {"stages": stages, "state": job_state, "error": error_text, "updated_at": now}
+    progress = stage_after(record.stages.get(stage), state, attempts=attempts, error=error, waiting_for=waiting_for,
+                           now=now)
+    if progress is None:
+        return record
+    job_state, error_text = job_after(record.state, record.error, stage, state, error)
+    update = {"stages": {**record.stages, stage: progress}, "state": job_state, "error": error_text, "updated_at": now}
     if meta is not None and state == StageState.done and job_state != JobState.completed:
         update["meta"] = {**record.meta, **meta}
     return record.model_copy(update=update)
@@ -66,23 +80,33 @@ def notified(record: JobRecord) -> JobRecord:
     return record.model_copy(update={"notified_at": utcnow()})
 
 
-def claim(record: JobRecord | None, stage: str, *, max_attempts: int, skip_done: bool) -> tuple[JobRecord | None, Claim]:
-    """The record with this delivery's attempt counted (None: nothing to write), and the claim."""
-    if record is not None and record.state == JobState.cancelled:
-        return None, Claim("skip", 0)
-    progress = record.stages.get(stage) if record else None
+def claim_for(job_state: JobState | None, progress: StageProgress | None, *, max_attempts: int,
+              skip_done: bool) -> Claim:
+    """What one delivery to a stage is, from the job's state (None: the job is unknown) and the
+    stage's progress so far."""
+    if job_state == JobState.cancelled:
+        return Claim("skip", 0)
     if progress is None or progress.state in (StageState.pending, StageState.failed):
         attempt = 1  # new, or replayed from the dead-letter topic
     elif progress.state == StageState.done:
         if skip_done:
-            return None, Claim("skip", progress.attempts)
+            return Claim("skip", progress.attempts)
         attempt = 1
     elif progress.attempts >= max_attempts:
-        return None, Claim("died", progress.attempts)
+        return Claim("died", progress.attempts)
     else:
         attempt = progress.attempts + 1
-    updated = with_stage(record, stage, StageState.running, attempts=attempt, error=None) if record else None
-    return (updated if updated is not record else None), Claim("run", attempt, known=record is not None)
+    return Claim("run", attempt, known=job_state is not None)
+
+
+def claim(record: JobRecord | None, stage: str, *, max_attempts: int, skip_done: bool) -> tuple[JobRecord | None, Claim]:
+    """The record with this delivery's attempt counted (None: nothing to write), and the claim."""
+    found = claim_for(record.state if record else None, record.stages.get(stage) if record else None,
+                      max_attempts=max_attempts, skip_done=skip_done)
+    if found.action != "run" or record is None:
+        return None, found
+    updated = with_stage(record, stage, StageState.running, attempts=found.attempt, error=None)
+    return (updated if updated is not record else None), found
 
 
 def restarted(record: JobRecord) -> JobRecord:

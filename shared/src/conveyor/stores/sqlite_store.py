@@ -17,9 +17,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from conveyor.stores import records
+from conveyor.stores import sqlite_progress as progress
 from conveyor.usage import UsageTotal
-from conveyor.stores.base import Claim, JobRecord, JobState, JobStore
+from conveyor.stores.base import Claim, JobRecord, JobState, JobStore, StageState
+
+FINISHED = frozenset({JobState.completed, JobState.failed, JobState.cancelled})
+FINAL = frozenset({JobState.completed, JobState.cancelled})  # nothing re-drives these
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, record TEXT NOT NULL)",
@@ -51,32 +54,40 @@ _SCHEMA = (
     "job_id TEXT NOT NULL, stage TEXT NOT NULL, tokens INTEGER NOT NULL, calls INTEGER NOT NULL)",
     "CREATE INDEX IF NOT EXISTS usage_by_tenant_day ON usage (tenant, day)",
     "CREATE INDEX IF NOT EXISTS usage_by_job ON usage (job_id)",
+    *progress.SCHEMA,
 )
 _SELECT_CHUNK = 500
 _INSERT_CHUNK = 400  # rows per INSERT statement: 800 variables, far below SQLite's limit
 # Applied to a job's current record (None when there is none): (record to write or None, result).
 _Operation = Callable[[JobRecord | None], tuple[JobRecord | None, Any]]
+_Batch = list[tuple[str, "_Operation | progress.StageOperation", "asyncio.Future[Any]"]]
 
 
-def _apply_in_one_transaction(db: sqlite3.Connection,
-                              batch: list[tuple[str, _Operation, asyncio.Future[Any]]]) -> list[tuple[bool, Any]]:
-    """Every operation of the batch, in order, in one immediate transaction; each job's record is
-    read and parsed once and written once. An operation that raises fails alone."""
-    db.execute("BEGIN IMMEDIATE")
+def _apply_in_one_transaction(db: sqlite3.Connection, batch: _Batch) -> list[tuple[bool, Any]]:
+    """Every operation of the batch, in order, in one immediate transaction. A job that any
+    whole-record operation touches is read and parsed once and written once, and its stage writes
+    apply to that record; the other jobs' stage writes go to their rows. An operation that raises
+    fails alone. A batch of reads only takes no write lock."""
+    db.execute("BEGIN" if all(operation is _read for _, operation, _ in batch) else "BEGIN IMMEDIATE")
     try:
-        ids = sorted({job_id for job_id, *_ in batch})
-        current: dict[str, JobRecord] = {}
-        for start in range(0, len(ids), _SELECT_CHUNK):
-            chunk = ids[start:start + _SELECT_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            for job_id, raw in db.execute(f"SELECT job_id, record FROM jobs WHERE job_id IN ({marks})", chunk):
-                current[job_id] = JobRecord.model_validate_json(raw)
+        whole = sorted({job_id for job_id, operation, _ in batch if not isinstance(operation, progress.StageOperation)})
+        current = progress.load(db, whole)
         before = dict(current)
         changed: set[str] = set()
+        state_changes: list[progress.StateChange] = []
         outcomes: list[tuple[bool, Any]] = []
         for job_id, operation, _ in batch:
             try:
-                updated, result = operation(current.get(job_id))
+                if isinstance(operation, progress.StageOperation) and job_id not in current:
+                    result, state_change = operation.on_rows(db, job_id)
+                    if state_change is not None:
+                        state_changes.append(state_change)
+                    outcomes.append((True, result))
+                    continue
+                apply = operation.on_record if isinstance(operation, progress.StageOperation) else operation
+                updated, result = apply(current.get(job_id))
+            except (sqlite3.OperationalError, sqlite3.DatabaseError):
+                raise  # the database failed, not this operation: the whole batch fails
             except Exception as exc:  # noqa: BLE001 - this caller's failure only
                 outcomes.append((False, exc))
                 continue
@@ -87,7 +98,10 @@ def _apply_in_one_transaction(db: sqlite3.Connection,
         if changed:
             db.executemany("UPDATE jobs SET record = ? WHERE job_id = ?",
                            [(current[job_id].model_dump_json(), job_id) for job_id in changed])
-            _track_active(db, [(before.get(job_id), current[job_id]) for job_id in changed])
+            progress.fold(db, sorted(changed))
+            state_changes += [(job_id, current[job_id].tenant, before[job_id].state if job_id in before else None,
+                               current[job_id].state) for job_id in changed]
+        _track_active(db, state_changes)
         db.execute("COMMIT")
         return outcomes
     except BaseException:
@@ -95,15 +109,20 @@ def _apply_in_one_transaction(db: sqlite3.Connection,
         raise
 
 
-def _track_active(db: sqlite3.Connection, changes: list[tuple[JobRecord | None, JobRecord]]) -> None:
-    """Keep `active_jobs` in step with the records whose finished-ness changed."""
-    ended = [(after.job_id,) for before, after in changes if after.finished() and (before is None or not before.finished())]
-    revived = [(after.job_id, after.tenant) for before, after in changes
-               if not after.finished() and (before is None or before.finished())]
+def _read(record: JobRecord | None) -> tuple[None, JobRecord | None]:
+    return None, record
+
+
+def _track_active(db: sqlite3.Connection, changes: list[progress.StateChange]) -> None:
+    """Keep `active_jobs` in step with the jobs whose finished-ness changed."""
+    ended = [(job_id,) for job_id, _, before, after in changes
+             if after in FINISHED and (before is None or before not in FINISHED)]
+    revived = [(job_id, tenant) for job_id, tenant, before, after in changes
+               if after not in FINISHED and (before is None or before in FINISHED)]
     if ended:
         db.executemany("DELETE FROM active_jobs WHERE job_id = ?", ended)
         db.executemany("DELETE FROM submissions WHERE job_id = ?", ended)
-    done_with = [(after.job_id,) for before, after in changes if after.final() and not (before and before.final())]
+    done_with = [(job_id,) for job_id, _, before, after in changes if after in FINAL and before not in FINAL]
     if done_with:  # nothing can re-drive these any more
         db.executemany("DELETE FROM dead_letters WHERE job_id = ?", done_with)
     if revived:
@@ -130,19 +149,16 @@ def _insert_new(db: sqlite3.Connection, rows: list[tuple[str, str]], unfinished:
                            [value for row in kept for value in row])
 
 
-def _timestamp(moment: datetime) -> str:
-    """As the records store their times (UTC, `Z`), so that strings compare as times do."""
-    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
-
-
 def _expire(db: sqlite3.Connection, before: float) -> None:
     """Delete the completed jobs last updated before `before` (a Unix time) that nothing can re-drive."""
-    cutoff = _timestamp(datetime.fromtimestamp(before, timezone.utc))
+    cutoff = progress.timestamp(datetime.fromtimestamp(before, timezone.utc))
     with db:
         db.execute("BEGIN IMMEDIATE")
-        db.execute("DELETE FROM jobs WHERE json_extract(record, '$.state') = 'completed' "
-                   "AND json_extract(record, '$.updated_at') < ? "
-                   "AND coalesce(json_extract(record, '$.delivery.state'), '') != 'waiting'", (cutoff,))
+        expired = db.execute("DELETE FROM jobs WHERE json_extract(record, '$.state') = 'completed' "
+                             "AND json_extract(record, '$.updated_at') < ? "
+                             "AND coalesce(json_extract(record, '$.delivery.state'), '') != 'waiting' "
+                             "RETURNING job_id", (cutoff,)).fetchall()
+        progress.fold(db, [job_id for (job_id,) in expired])
 
 
 def _marks(rows: int, columns: int) -> str:
@@ -166,7 +182,7 @@ class SqliteJobStore(JobStore):
         self._lock = threading.Lock()
         self._pending: list[tuple[JobRecord, bytes | None, asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
-        self._operations: list[tuple[str, _Operation, asyncio.Future[Any]]] = []
+        self._operations: _Batch = []
         self._operator: asyncio.Task[None] | None = None
 
     async def _run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
@@ -205,7 +221,7 @@ class SqliteJobStore(JobStore):
                     done.set_result(None)
 
     async def get(self, job_id: str) -> JobRecord | None:
-        return await self._grouped(job_id, lambda record: (None, record))
+        return await self._grouped(job_id, _read)
 
     async def transform(self, job_id: str, change: Callable[[JobRecord], JobRecord | None]) -> bool:
         """Read-modify-write inside an immediate transaction, so concurrent processes never interleave."""
@@ -215,7 +231,7 @@ class SqliteJobStore(JobStore):
 
         return await self._grouped(job_id, operation)
 
-    async def _grouped(self, job_id: str, operation: _Operation) -> Any:
+    async def _grouped(self, job_id: str, operation: _Operation | progress.StageOperation) -> Any:
         done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._operations.append((job_id, operation, done))
         if self._operator is None or self._operator.done():
@@ -241,9 +257,28 @@ class SqliteJobStore(JobStore):
                     done.set_exception(value)
 
     async def claim_attempt(self, job_id: str, stage: str, *, max_attempts: int, skip_done: bool) -> Claim:
-        """Read the stage's progress and count the attempt in one grouped operation."""
-        return await self._grouped(job_id, lambda record: records.claim(record, stage, max_attempts=max_attempts,
-                                                                         skip_done=skip_done))
+        """Read the stage's progress and count the attempt in one grouped operation, on its row."""
+        return await self._grouped(job_id, progress.StageClaim(stage, max_attempts, skip_done))
+
+    async def update_stage(
+        self, job_id: str, stage: str, state: StageState, *, attempts: int = 0, error: str | None = None,
+        waiting_for: str | None = None, meta: dict[str, Any] | None = None,
+    ) -> None:
+        """As `JobStore.update_stage`, written to the stage's row."""
+        await self._grouped(job_id, progress.StageWrite(stage, state, attempts, error, waiting_for, meta))
+
+    async def cancelled_jobs(self, job_ids: list[str]) -> set[str]:
+        """Asked of the job state alone, without reading whole records."""
+        def query(db: sqlite3.Connection) -> set[str]:
+            found: set[str] = set()
+            for start in range(0, len(job_ids), _SELECT_CHUNK):
+                chunk = job_ids[start:start + _SELECT_CHUNK]
+                found.update(job_id for (job_id,) in db.execute(
+                    f"SELECT job_id FROM jobs WHERE job_id IN ({','.join('?' * len(chunk))}) "
+                    "AND json_extract(record, '$.state') = 'cancelled'", chunk))
+            return found
+
+        return await self._run(query) if job_ids else set()
 
     async def schedule_delivery(self, job_id: str, *, host: str, due: float) -> None:
         await self._run(lambda db: db.execute("INSERT OR REPLACE INTO deliveries VALUES (?, ?, ?)", (job_id, host, due)))
@@ -305,7 +340,7 @@ class SqliteJobStore(JobStore):
         def forget(db: sqlite3.Connection) -> None:
             with db:
                 db.execute("BEGIN IMMEDIATE")
-                for table in ("jobs", "active_jobs", "submissions", "dead_letters", "deliveries"):
+                for table in ("jobs", "stage_progress", "active_jobs", "submissions", "dead_letters", "deliveries"):
                     db.execute(f"DELETE FROM {table} WHERE job_id = ?", (job_id,))
 
         await self._run(forget)
@@ -323,17 +358,26 @@ class SqliteJobStore(JobStore):
         if state is not None:
             where.append("json_extract(record, '$.state') = ?")
             args.append(state.value)
-        if since is not None:
-            where.append("json_extract(record, '$.updated_at') >= ?")
-            args.append(_timestamp(since))
+        if since is not None:  # a job is as recent as its latest stage row
+            where.append("(json_extract(record, '$.updated_at') >= ? OR EXISTS (SELECT 1 FROM stage_progress p "
+                         "WHERE p.job_id = jobs.job_id AND p.updated_at >= ?))")
+            args += [progress.timestamp(since)] * 2
         if before is not None:
             created, _, job_id = before.partition("|")
             where.append("(json_extract(record, '$.created_at'), job_id) < (?, ?)")
             args += [created, job_id]
-        query = (f"SELECT record FROM jobs WHERE {' AND '.join(where)} "
+        query = (f"SELECT job_id, record FROM jobs WHERE {' AND '.join(where)} "
                  "ORDER BY json_extract(record, '$.created_at') DESC, job_id DESC LIMIT ?")
-        rows = await self._run(lambda db: db.execute(query, [*args, limit]).fetchall())
-        return [JobRecord.model_validate_json(raw) for (raw,) in rows]
+
+        def read(db: sqlite3.Connection) -> list[JobRecord]:
+            raw = db.execute(query, [*args, limit]).fetchall()
+            marks = ",".join("?" * len(raw))
+            rows = db.execute(f"SELECT job_id, stage, {progress.COLUMNS} FROM stage_progress "
+                              f"WHERE job_id IN ({marks})", [job_id for job_id, _ in raw]).fetchall()
+            found = progress.assemble(raw, rows)
+            return [found[job_id] for job_id, _ in raw]
+
+        return await self._run(read)
 
     async def keep_dead_letter(self, stage: str, letter: bytes, *, job_id: str | None) -> None:
         def keep(db: sqlite3.Connection) -> None:
