@@ -669,3 +669,41 @@ async def test_sqlite_keeps_stage_progress_in_rows_and_folds_them_into_whole_rec
     finally:
         raw.close()
         await store.close()
+
+
+async def test_the_last_stage_finishing_completes_the_job_once(store: JobStore) -> None:
+    given, kept, replayed, cancelled = (_record(tenant="acme", meta={"kind": "text"}) for _ in range(4))
+    for record in (given, kept, replayed, cancelled):
+        await store.create(record, submission=b"{}")
+    await store.transform(kept.job_id, lambda r: r.model_copy(update={"summary": "from the summarizer"}))
+    await store.update_stage(replayed.job_id, "summarizer", StageState.failed, attempts=3, error="bad")
+    await store.keep_dead_letter("summarizer", b"{}", job_id=replayed.job_id)
+    await store.cancel(cancelled.job_id)
+
+    await store.finish(given.job_id, "notifier", attempts=1, summary="given", meta={"pages": 2})
+    await store.finish(kept.job_id, "notifier", attempts=1, summary=None, meta=None)
+    await store.finish(replayed.job_id, "notifier", attempts=1, summary="at last", meta=None)
+    await store.finish(cancelled.job_id, "notifier", attempts=1, summary="never", meta=None)
+    done = await store.get(given.job_id)
+    assert done is not None and (done.state, done.summary, done.error) == (JobState.completed, "given", None)
+    assert done.meta == {"kind": "text", "pages": 2} and done.stages["notifier"].state == StageState.done
+    first_update = done.updated_at
+    await store.finish(given.job_id, "notifier", attempts=2, summary="a redelivery", meta={"pages": 9})
+    again = await store.get(given.job_id)
+    assert again is not None and (again.summary, again.meta["pages"]) == ("given", 2), "completed once"
+    assert again.updated_at >= first_update
+    assert (await store.get(kept.job_id)).summary == "from the summarizer"  # type: ignore[union-attr]
+    revived = await store.get(replayed.job_id)
+    assert revived is not None and (revived.state, revived.error) == (JobState.completed, None)
+    assert (await store.get(cancelled.job_id)).state == JobState.cancelled  # type: ignore[union-attr]
+    assert await store.active_jobs("acme") == 0 and await store.unfinished_submissions() == []
+    assert await store.dead_letters() == [], "a completed job's dead letters go"
+
+
+async def test_a_jobs_blobs_are_listed(store: JobStore) -> None:
+    record = _record()
+    await store.create(record)
+    assert await store.blobs_of(record.job_id) == [] and await store.blobs_of("unknown") == []
+    blob = BlobRef(uri="file:///tmp/b", size=3, sha256="1" * 64)
+    await store.transform(record.job_id, lambda r: records.with_blob(r, blob))
+    assert await store.blobs_of(record.job_id) == [blob]

@@ -28,8 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +43,7 @@ from conveyor.events import BlobRef, Event, EventDecodeError, Failure, Payload, 
 from conveyor.kafka.backoff import backoff_delay
 from conveyor.kafka.clients import make_consumer, make_producer
 from conveyor.kafka.dead_letters import dead_letter_for
+from conveyor.kafka.key_locks import KeyLocks
 from conveyor.kafka.offsets import PartitionOffsets
 from conveyor.settings import Settings
 from conveyor.stores import documents
@@ -170,7 +170,7 @@ class StageWorker:
         self._last_progress = time.monotonic()
         # Records of one job (same key) run one after another, so a redelivered duplicate sees
         # the first copy's outcome instead of racing it.
-        self._job_locks: dict[bytes, tuple[asyncio.Lock, int]] = {}
+        self._job_locks = KeyLocks()
         self._metrics = _StageMetrics(stage.name)
         self._blocked_by: str | None = None
 
@@ -275,7 +275,7 @@ class StageWorker:
         failures = 0
         while True:
             try:
-                async with self._one_at_a_time(record.key):
+                async with self._job_locks.hold(record.key):
                     await self._handle_record(record)
                 offsets.finish(record.offset)
                 self._last_progress = time.monotonic()
@@ -378,25 +378,6 @@ class StageWorker:
         if self._stopping.is_set():
             raise _Abandoned()
 
-    @asynccontextmanager
-    async def _one_at_a_time(self, key: bytes | None) -> AsyncIterator[None]:
-        """Serialize records of one key (a job, or every version of a document); records without
-        a key carry no job and run freely."""
-        if key is None:
-            yield
-            return
-        lock, users = self._job_locks.get(key, (asyncio.Lock(), 0))
-        self._job_locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            _, users = self._job_locks[key]
-            if users == 1:
-                del self._job_locks[key]
-            else:
-                self._job_locks[key] = (lock, users - 1)
-
     # ------------------------------------------------------------------------- one record
 
     async def _handle_record(self, record: ConsumerRecord) -> None:
@@ -466,7 +447,8 @@ class StageWorker:
                 await self.store.update_stage(event.job_id, stage, StageState.running, attempts=attempt)
             counted = False
             try:
-                output = await self._run_handler(event.model_copy(update={"attempt": attempt}))
+                output = await self._run_handler(event if event.attempt == attempt else
+                                                 event.model_copy(update={"attempt": attempt}))
             except JobCancelled:
                 log.info("%s: job %s was cancelled; its handler was stopped", stage, event.job_id)
                 return
@@ -510,17 +492,15 @@ class StageWorker:
                     await self._delete_blob(blob)
                     log.info("%s: job %s was cancelled; its output is not sent", stage, event.job_id)
                     return
-            await self._send(bindings.output_topic, output.model_copy(update={"stage": bindings.next_stage}))
+            await self._send(bindings.output_topic, output, stage=bindings.next_stage)
         await self.store.update_stage(event.job_id, stage, StageState.done, attempts=attempt,
                                       meta=output.meta if output is not None else None)
 
     async def _delete_blobs(self, job_id: str) -> None:
         """Nothing reads a completing job's blobs any more: they go before it completes, so a
         crash in between leaves none behind."""
-        record = await self.store.get(job_id)
-        if record is not None:
-            for blob in record.blobs:
-                await self._delete_blob(blob)
+        for blob in await self.store.blobs_of(job_id):
+            await self._delete_blob(blob)
 
     async def _delete_blob(self, blob: BlobRef) -> None:
         if self.blobs is not None:
@@ -605,12 +585,15 @@ class StageWorker:
 
     # ------------------------------------------------------------------------- producing
 
-    async def _send(self, topic: str, event: Event) -> None:
-        """Produce an output until the broker acknowledges it: its own retries, never the handler's."""
+    async def _send(self, topic: str, event: Event, **changes: Any) -> None:
+        """Produce an output (with `changes` made to it) until the broker acknowledges it: its own
+        retries, never the handler's. It carries the producing span's trace context."""
         async def send() -> None:
             with tracing.produce_span(topic, job_id=event.job_id):
-                traced = event.model_copy(update={"trace": tracing.trace_dict()})
-                await self._producer.send_and_wait(topic, traced.to_bytes(), key=event.partition_key(),
+                trace = tracing.trace_dict()
+                update = changes if trace == event.trace else {**changes, "trace": trace}
+                sent = event.model_copy(update=update) if update else event
+                await self._producer.send_and_wait(topic, sent.to_bytes(), key=event.partition_key(),
                                                    headers=tracing.kafka_headers())
 
         await self._until_acknowledged(send, f"job {event.job_id} to {topic}")

@@ -220,6 +220,11 @@ class JobStore(abc.ABC):
         await self.transform(job_id, lambda r: records.finished(r, stage, attempts=attempts, summary=summary,
                                                                 meta=meta))
 
+    async def blobs_of(self, job_id: str) -> list[BlobRef]:
+        """The blobs the job owns (none when it is unknown)."""
+        record = await self.get(job_id)
+        return list(record.blobs) if record else []
+
     async def cancel(self, job_id: str) -> JobRecord | None:
         """Mark the job cancelled (again is the same); the record as it now is, None when unknown."""
         from conveyor.stores import records

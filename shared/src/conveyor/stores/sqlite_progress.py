@@ -10,6 +10,10 @@ A job's status is its record with its rows laid over it: a row is newer than the
 for that stage, and the job's `updated_at` is the latest of both. A write of the whole record
 (`transform`) folds the rows back into it and deletes them, so there is never more than one truth
 for a stage: the record's entry, or a row written since.
+
+The stage operations of one transaction read what they need of their jobs in two queries, apply
+in order in memory, and write in one statement per kind (`RowView`): a few calls into SQLite a
+transaction, not a few per operation.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 
 from pydantic_core import to_jsonable_python
 
-from conveyor.events import utcnow
+from conveyor.events import BlobRef, utcnow
 from conveyor.stores import records
 from conveyor.stores.base import Claim, JobRecord, JobState, StageProgress, StageState
 
@@ -91,41 +95,112 @@ def fold(db: sqlite3.Connection, job_ids: list[str]) -> None:
         db.executemany("DELETE FROM stage_progress WHERE job_id = ?", [(job_id,) for job_id in job_ids])
 
 
-@dataclass(frozen=True)
-class _Current:
-    """What a stage write needs of a job: its own state and error, and the stage's progress."""
+@dataclass(slots=True)
+class _Job:
+    """What stage operations need of a job's record: its own state and error, and its stages' entries."""
 
     tenant: str
     state: JobState
     error: str | None
-    progress: StageProgress | None
+    entries: str | dict[str, Any] | None  # the record's `stages` (JSON), parsed when a stage has no row
+    loaded_state: JobState  # as read, to tell the active-job count what changed
 
 
-def _read(db: sqlite3.Connection, job_id: str, stage: str) -> _Current | None:
-    row = db.execute(
-        "SELECT json_extract(j.record, '$.tenant'), json_extract(j.record, '$.state'), "
-        "json_extract(j.record, '$.error'), p.state, p.attempts, p.error, p.updated_at, p.waiting_for, "
-        "p.waiting_since, CASE WHEN p.state IS NULL THEN json_extract(j.record, ?) END "
-        "FROM jobs j LEFT JOIN stage_progress p ON p.job_id = j.job_id AND p.stage = ? WHERE j.job_id = ?",
-        (_stage_path(stage), stage, job_id)).fetchone()
-    if row is None:
-        return None
-    tenant, state, error, *columns, entry = row
-    if columns[0] is not None:
-        progress: StageProgress | None = _progress(tuple(columns))
-    else:
-        progress = StageProgress.model_validate_json(entry) if entry else None
-    return _Current(tenant, JobState(state), error, progress)
+class RowView:
+    """One transaction's stage operations against their jobs, read up front; `flush` writes what
+    they changed."""
+
+    def __init__(self, db: sqlite3.Connection, job_ids: list[str]) -> None:
+        self._db = db
+        self._jobs: dict[str, _Job] = {}
+        self._progress: dict[tuple[str, str], StageProgress | None] = {}
+        self._rows: dict[tuple[str, str], tuple[Any, ...]] = {}
+        self._updates: dict[str, dict[str, Any]] = {}  # job id -> record fields to set
+        for start in range(0, len(job_ids), _SELECT_CHUNK):
+            chunk = job_ids[start:start + _SELECT_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for job_id, tenant, state, error, entries in db.execute(
+                    "SELECT job_id, json_extract(record, '$.tenant'), json_extract(record, '$.state'), "
+                    f"json_extract(record, '$.error'), json_extract(record, '$.stages') FROM jobs "
+                    f"WHERE job_id IN ({marks})", chunk):
+                self._jobs[job_id] = _Job(tenant, JobState(state), error, entries, JobState(state))
+            for job_id, stage, *columns in db.execute(
+                    f"SELECT job_id, stage, {COLUMNS} FROM stage_progress WHERE job_id IN ({marks})", chunk):
+                self._progress[job_id, stage] = _progress(tuple(columns))
+
+    def job(self, job_id: str) -> _Job | None:
+        return self._jobs.get(job_id)
+
+    def progress(self, job_id: str, stage: str) -> StageProgress | None:
+        """The stage's progress: its row, else the record's entry (read once)."""
+        key = (job_id, stage)
+        if key not in self._progress:
+            job = self._jobs[job_id]
+            if isinstance(job.entries, str):
+                job.entries = json.loads(job.entries)
+            entry = job.entries.get(stage) if job.entries else None
+            self._progress[key] = StageProgress.model_validate(entry) if entry else None
+        return self._progress[key]
+
+    def stage_reports(self, job_id: str, stage: str, state: StageState, *, attempts: int, error: str | None,
+                      now: datetime, waiting_for: str | None = None) -> bool:
+        """`records.with_stage` on the stage's row and the job's state and error; False when
+        nothing changes (a finished stage never moves backwards)."""
+        job = self._jobs[job_id]
+        progress = records.stage_after(self.progress(job_id, stage), state, attempts=attempts, error=error,
+                                       waiting_for=waiting_for, now=now)
+        if progress is None:
+            return False
+        self._progress[job_id, stage] = progress
+        self._rows[job_id, stage] = _row(job_id, stage, progress)
+        state_after, error_after = records.job_after(job.state, job.error, stage, state, error)
+        if (state_after, error_after) != (job.state, job.error):
+            job.state, job.error = state_after, error_after
+            self.set(job_id, now, state=state_after.value, error=error_after)
+        return True
+
+    def set(self, job_id: str, now: datetime, **fields: Any) -> None:
+        """Set fields of the job's record (besides `updated_at`, which becomes `now`)."""
+        self._updates.setdefault(job_id, {}).update(fields, updated_at=timestamp(now))
+
+    def field(self, job_id: str, name: str) -> Any:
+        """A field of the job's record, as this transaction has it (JSON values)."""
+        pending = self._updates.get(job_id, {})
+        if name in pending:
+            return pending[name]
+        (text,) = self._db.execute(f"SELECT json_extract(record, '$.{name}') FROM jobs WHERE job_id = ?",
+                                   (job_id,)).fetchone()
+        return json.loads(text) if name == "meta" and text else text
+
+    def merged_meta(self, job_id: str, meta: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The job's meta with a finished stage's output meta merged in; None when that changes nothing."""
+        if not meta:
+            return None
+        have = self.field(job_id, "meta") or {}
+        merged = {**have, **to_jsonable_python(meta)}
+        return None if merged == have else merged
+
+    def flush(self) -> list[StateChange]:
+        """Write the changed rows and record fields; the jobs whose state changed."""
+        if self._rows:
+            self._db.executemany(
+                f"INSERT OR REPLACE INTO stage_progress (job_id, stage, {COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                list(self._rows.values()))
+        by_shape: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        for job_id, fields in self._updates.items():
+            names = tuple(sorted(fields))
+            values = [json.dumps(value) if name == "meta" else value for name, value in sorted(fields.items())]
+            by_shape.setdefault(names, []).append((*values, job_id))
+        for names, rows in by_shape.items():
+            paths = ", ".join(f"'$.{name}', " + ("json(?)" if name == "meta" else "?") for name in names)
+            self._db.executemany(f"UPDATE jobs SET record = json_set(record, {paths}) WHERE job_id = ?", rows)
+        return [(job_id, job.tenant, job.loaded_state, job.state) for job_id, job in self._jobs.items()
+                if job.state != job.loaded_state]
 
 
-def _stage_path(stage: str) -> str:
-    # Stage names are DNS labels; quoted, a `-` in one is part of the key.
-    return f'$.stages."{stage}"'
-
-
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: one is made per write, and frozen ones are slower to make
 class StageWrite:
-    """One stage reports progress (`JobStore.update_stage`), written as its row."""
+    """One stage reports progress (`JobStore.update_stage`)."""
 
     stage: str
     state: StageState
@@ -143,15 +218,20 @@ class StageWrite:
                                      waiting_for=self.waiting_for, meta=self.meta)
         return (None if updated is record else updated), None
 
-    def on_rows(self, db: sqlite3.Connection, job_id: str) -> tuple[None, StateChange | None]:
-        current = _read(db, job_id, self.stage)
-        if current is None:
-            return None, None
-        return None, _write(db, job_id, self.stage, current, self.state, attempts=self.attempts, error=self.error,
-                            waiting_for=self.waiting_for, meta=self.meta)
+    def on_rows(self, view: RowView, job_id: str) -> None:
+        job = view.job(job_id)
+        if job is None or job.state == JobState.cancelled:
+            return
+        now = utcnow()
+        # Worked out before anything is written, so that an operation that fails writes nothing.
+        merged = view.merged_meta(job_id, self.meta) if self.state == StageState.done and \
+            job.state != JobState.completed else None
+        if view.stage_reports(job_id, self.stage, self.state, attempts=self.attempts, error=self.error,
+                              waiting_for=self.waiting_for, now=now) and merged is not None:
+            view.set(job_id, now, meta=merged)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class StageClaim:
     """One delivery to a stage claims its attempt (`JobStore.claim_attempt`)."""
 
@@ -162,52 +242,60 @@ class StageClaim:
     def on_record(self, record: JobRecord | None) -> tuple[JobRecord | None, Claim]:
         return records.claim(record, self.stage, max_attempts=self.max_attempts, skip_done=self.skip_done)
 
-    def on_rows(self, db: sqlite3.Connection, job_id: str) -> tuple[Claim, StateChange | None]:
-        current = _read(db, job_id, self.stage)
-        claim = records.claim_for(current.state if current else None, current.progress if current else None,
+    def on_rows(self, view: RowView, job_id: str) -> Claim:
+        job = view.job(job_id)
+        claim = records.claim_for(job.state if job else None, view.progress(job_id, self.stage) if job else None,
                                   max_attempts=self.max_attempts, skip_done=self.skip_done)
-        if claim.action != "run" or current is None:
-            return claim, None
-        return claim, _write(db, job_id, self.stage, current, StageState.running, attempts=claim.attempt,
-                             error=None)
+        if claim.action == "run" and job is not None:
+            view.stage_reports(job_id, self.stage, StageState.running, attempts=claim.attempt, error=None,
+                               now=utcnow())
+        return claim
 
 
-StageOperation = StageWrite | StageClaim
+@dataclass(slots=True)
+class StageFinish:
+    """The pipeline's last stage is done with the job, which completes (`JobStore.finish`)."""
+
+    stage: str
+    attempts: int
+    summary: str | None
+    meta: dict[str, Any] | None
+
+    def on_record(self, record: JobRecord | None) -> tuple[JobRecord | None, None]:
+        if record is None:
+            return None, None
+        updated = records.finished(record, self.stage, attempts=self.attempts, summary=self.summary, meta=self.meta)
+        return (None if updated is record else updated), None
+
+    def on_rows(self, view: RowView, job_id: str) -> None:
+        job = view.job(job_id)
+        if job is None or job.state == JobState.cancelled:
+            return
+        now = utcnow()
+        completing = job.state != JobState.completed  # else a redelivery: it completed already
+        if completing:  # worked out before anything is written, so that a failure writes nothing
+            summary = self.summary if self.summary is not None else view.field(job_id, "summary")
+            merged = view.merged_meta(job_id, self.meta)
+        view.stage_reports(job_id, self.stage, StageState.done, attempts=self.attempts, error=None, now=now)
+        if not completing:
+            return
+        job.state, job.error = JobState.completed, None
+        view.set(job_id, now, state=JobState.completed.value, error=None, summary=summary or "",
+                 **({"meta": merged} if merged is not None else {}))
 
 
-def _write(db: sqlite3.Connection, job_id: str, stage: str, current: _Current, state: StageState, *,
-           attempts: int, error: str | None, waiting_for: str | None = None,
-           meta: dict[str, Any] | None = None) -> StateChange | None:
-    """`records.with_stage` on the rows: the stage's row, and the job's record only when the
-    job's own fields change. Returns the job's state change, if any."""
-    if current.state == JobState.cancelled:
-        return None
-    now = utcnow()
-    progress = records.stage_after(current.progress, state, attempts=attempts, error=error, waiting_for=waiting_for,
-                                   now=now)
-    if progress is None:
-        return None
-    db.execute(f"INSERT OR REPLACE INTO stage_progress (job_id, stage, {COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-               _row(job_id, stage, progress))
-    job_state, job_error = records.job_after(current.state, current.error, stage, state, error)
-    merged = _merged_meta(db, job_id, meta) if state == StageState.done and job_state != JobState.completed else None
-    if (job_state, job_error) == (current.state, current.error) and merged is None:
-        return None
-    if merged is None:
-        db.execute("UPDATE jobs SET record = json_set(record, '$.state', ?, '$.error', ?, '$.updated_at', ?) "
-                   "WHERE job_id = ?", (job_state.value, job_error, timestamp(now), job_id))
-    else:
-        db.execute("UPDATE jobs SET record = json_set(record, '$.state', ?, '$.error', ?, '$.updated_at', ?, "
-                   "'$.meta', json(?)) WHERE job_id = ?",
-                   (job_state.value, job_error, timestamp(now), json.dumps(merged), job_id))
-    return (job_id, current.tenant, current.state, job_state) if job_state != current.state else None
+@dataclass(slots=True)
+class BlobsRead:
+    """The blobs a job owns (`JobStore.blobs_of`), without parsing its whole record."""
+
+    def on_record(self, record: JobRecord | None) -> tuple[None, list[BlobRef]]:
+        return None, list(record.blobs) if record else []
+
+    def on_rows(self, view: RowView, job_id: str) -> list[BlobRef]:
+        if view.job(job_id) is None:
+            return []
+        owned = view.field(job_id, "blobs")
+        return [BlobRef.model_validate(blob) for blob in json.loads(owned)] if owned and owned != "[]" else []
 
 
-def _merged_meta(db: sqlite3.Connection, job_id: str, meta: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The job's meta with a finished stage's output meta merged in; None when that changes nothing."""
-    if not meta:
-        return None
-    (text,) = db.execute("SELECT json_extract(record, '$.meta') FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-    have = json.loads(text) if text else {}
-    merged = {**have, **to_jsonable_python(meta)}
-    return None if merged == have else merged
+StageOperation = StageWrite | StageClaim | StageFinish | BlobsRead

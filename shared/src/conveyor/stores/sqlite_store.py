@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from conveyor.stores import sqlite_progress as progress
+from conveyor.events import BlobRef
 from conveyor.usage import UsageTotal
 from conveyor.stores.base import Claim, JobRecord, JobState, JobStore, StageState
 
@@ -70,19 +71,16 @@ def _apply_in_one_transaction(db: sqlite3.Connection, batch: _Batch) -> list[tup
     fails alone. A batch of reads only takes no write lock."""
     db.execute("BEGIN" if all(operation is _read for _, operation, _ in batch) else "BEGIN IMMEDIATE")
     try:
-        whole = sorted({job_id for job_id, operation, _ in batch if not isinstance(operation, progress.StageOperation)})
-        current = progress.load(db, whole)
+        whole = {job_id for job_id, operation, _ in batch if not isinstance(operation, progress.StageOperation)}
+        current = progress.load(db, sorted(whole))
         before = dict(current)
+        rows = progress.RowView(db, sorted({job_id for job_id, _, _ in batch} - whole))
         changed: set[str] = set()
-        state_changes: list[progress.StateChange] = []
         outcomes: list[tuple[bool, Any]] = []
         for job_id, operation, _ in batch:
             try:
-                if isinstance(operation, progress.StageOperation) and job_id not in current:
-                    result, state_change = operation.on_rows(db, job_id)
-                    if state_change is not None:
-                        state_changes.append(state_change)
-                    outcomes.append((True, result))
+                if isinstance(operation, progress.StageOperation) and job_id not in whole:
+                    outcomes.append((True, operation.on_rows(rows, job_id)))
                     continue
                 apply = operation.on_record if isinstance(operation, progress.StageOperation) else operation
                 updated, result = apply(current.get(job_id))
@@ -95,6 +93,7 @@ def _apply_in_one_transaction(db: sqlite3.Connection, batch: _Batch) -> list[tup
                 current[job_id] = updated
                 changed.add(job_id)
             outcomes.append((True, result))
+        state_changes = rows.flush()
         if changed:
             db.executemany("UPDATE jobs SET record = ? WHERE job_id = ?",
                            [(current[job_id].model_dump_json(), job_id) for job_id in changed])
@@ -266,6 +265,13 @@ class SqliteJobStore(JobStore):
     ) -> None:
         """As `JobStore.update_stage`, written to the stage's row."""
         await self._grouped(job_id, progress.StageWrite(stage, state, attempts, error, waiting_for, meta))
+
+    async def finish(self, job_id: str, stage: str, *, attempts: int, summary: str | None,
+                     meta: dict[str, Any] | None) -> None:
+        await self._grouped(job_id, progress.StageFinish(stage, attempts, summary, meta))
+
+    async def blobs_of(self, job_id: str) -> list[BlobRef]:
+        return await self._grouped(job_id, progress.BlobsRead())
 
     async def cancelled_jobs(self, job_ids: list[str]) -> set[str]:
         """Asked of the job state alone, without reading whole records."""
