@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import random
+from collections.abc import Callable
 
 import pytest
 
 from conveyor.breakers import Breaker, DependencyFailure, DependencyUnavailable
-from conveyor.pacing import GROWTH_PATIENCE, Pace
+from conveyor.pacing import GROWTH_PATIENCE, MIN_EVIDENCE, Pace
 
 
 class Clock:
@@ -105,7 +107,10 @@ def test_a_429_lowers_the_limit_to_what_the_provider_was_serving_and_successes_g
     pace = Pace("llm-a", max_concurrency=8)
     for level in (1, 2, 3, 4):
         pace.succeeded(level=level)
-    pace.rate_limited(1.0, level=6)  # refused at 6 in flight, nothing served at 6 or more
+    for _ in range(MIN_EVIDENCE - 1):
+        pace.rate_limited(1.0, level=6)  # refused at 6 in flight, nothing served at 6 or more
+    assert pace.limit == 8, "too few calls at 6 or more to tell a budget from bad luck"
+    pace.rate_limited(1.0, level=6)
     assert pace.limit == 5
     pace.rate_limited(1.0, level=5)
     assert pace.limit == 4
@@ -128,11 +133,48 @@ def test_429s_scattered_among_successes_at_the_same_level_leave_the_limit_alone(
     assert pace.limit == 8 and pace._delay(0) == 0
 
 
+async def _callers(pace: Pace, refuses: Callable[[int], bool], *, callers: int = 40, calls: int = 12) -> int:
+    """Callers going through the pace to a provider that answers a refusal (429) at once and a
+    success after 20 ms; the lowest limit seen."""
+    lowest = pace.limit
+
+    async def caller() -> None:
+        nonlocal lowest
+        for _ in range(calls):
+            async with pace.slot() as level:
+                if refuses(level):
+                    pace.rate_limited(1.0, level=level)
+                else:
+                    await asyncio.sleep(0.02)
+                    pace.succeeded(level=level)
+            lowest = min(lowest, pace.limit)
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(caller() for _ in range(callers)))
+    return lowest
+
+
+async def test_random_429s_answered_at_once_do_not_read_as_a_concurrency_budget() -> None:
+    """A refusal comes back at once while a success takes its time: judged only against the
+    calls answered so far, the first answers at any level are mostly refusals. The calls still
+    being served at that level count as served."""
+    rng = random.Random(7)
+    pace = Pace("llm-e", max_concurrency=8)
+    assert await _callers(pace, lambda level: rng.random() < 0.3) >= 7
+
+
+async def test_a_provider_serving_four_at_once_is_found_with_calls_in_flight() -> None:
+    pace = Pace("llm-f", max_concurrency=8)
+    await _callers(pace, lambda level: level > 4)
+    assert pace.limit <= 5, "the limit comes down to what the provider serves (growing back by one now and then)"
+
+
 async def test_a_provider_refusing_even_one_call_at_a_time_holds_the_whole_endpoint_for_its_retry_after() -> None:
     clock = Clock()
     pace = Pace("llm-b", max_concurrency=1, clock=clock)
-    async with pace.slot() as level:
-        pace.rate_limited(retry_after=30.0, level=level)
+    for _ in range(MIN_EVIDENCE):
+        async with pace.slot() as level:
+            pace.rate_limited(retry_after=30.0, level=level)
     assert pace._delay(0) == pytest.approx(30.0)
     clock.now += 30
     assert pace._delay(0) == 0

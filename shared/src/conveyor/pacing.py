@@ -2,18 +2,22 @@
 
 A provider's budget is learned, not hammered. Calls in flight are capped by a limit that starts at
 the configured concurrency and grows back by one after a run of successes. A 429 for a call made
-at k calls in flight lowers it to k - 1 (what the provider was serving) when most recent calls made
-at k or more in flight were refused too: that is a concurrency budget. 429s scattered among
-successes at that level (a busy shared provider) leave the limit alone; each such record just
-waits its Retry-After. When most calls are refused even one at a time, the budget is in time, and
-the whole endpoint waits for the Retry-After, not only the record that got it. Optional requests-
-and tokens-per-minute budgets are token buckets in front of that.
+at k calls in flight lowers it to k - 1 (what the provider was serving) when the recent calls made
+at k or more in flight were mostly refused too (at least MIN_EVIDENCE refusals, over two thirds
+of those calls): that is a concurrency budget. Calls still being served count as served: a
+refusal comes back at once and a success takes seconds, so judged by the answers alone, or by a
+few of them, a provider that refuses 30% of calls at random looked like a budget (the limit fell
+from 8 to about 2 in that storm and stayed near it). 429s scattered among successes (a busy shared
+provider) leave the limit alone; each such record just waits its Retry-After. When most calls are
+refused even one at a time, the budget is in time, and the whole endpoint waits for the
+Retry-After, not only the record that got it. Optional requests- and tokens-per-minute budgets
+are token buckets in front of that.
 """
 
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -25,6 +29,10 @@ from conveyor.changes import Changes
 GROWTH_PATIENCE = 4
 # Recent outcomes, by how many calls were in flight when each started, that a 429 is judged against.
 OUTCOME_WINDOW = 64
+# A level is a budget's edge when at least this many calls made at it or above were refused, and
+# over two thirds of those calls (answered, or still being served): a provider refusing 30% of
+# calls at random gives that less than once in a thousand judgments; a budget, every time.
+MIN_EVIDENCE = 8
 
 
 class Budget:
@@ -69,6 +77,7 @@ class Pace:
         self._requests = Budget(requests_per_minute, burst=max_concurrency, clock=clock) if requests_per_minute else None
         self._tokens = Budget(tokens_per_minute, burst=tokens_per_minute / 6, clock=clock) if tokens_per_minute else None
         self._outcomes: deque[tuple[int, bool]] = deque(maxlen=OUTCOME_WINDOW)  # (level, refused)
+        self._serving: Counter[int] = Counter()  # levels of the calls in flight
         self._changes = Changes()
         self._gauge = metrics.LLM_CONCURRENCY_LIMIT.labels(name)
         self._gauge.set(self.limit)
@@ -84,14 +93,19 @@ class Pace:
         while (delay := self._delay(tokens)) != 0:
             await self._changes.wait(delay)
         self._in_flight += 1
+        level = self._in_flight
+        self._serving[level] += 1
         if self._requests:
             self._requests.spend(1)
         if self._tokens and tokens:
             self._tokens.spend(tokens)
         try:
-            yield self._in_flight
+            yield level
         finally:
             self._in_flight -= 1
+            self._serving[level] -= 1
+            if not self._serving[level]:
+                del self._serving[level]
             self._changes.notify()
 
     def rate_limited(self, retry_after: float | None, *, level: int) -> None:
@@ -108,8 +122,14 @@ class Pace:
         self._gauge.set(self.limit)
 
     def _mostly_refused_from(self, level: int) -> bool:
+        """Calls made at `level` or more in flight were mostly refused: of those answered, and
+        those still being served (but the refused call itself, which is still in its slot)."""
         outcomes = [refused for started_at, refused in self._outcomes if started_at >= level]
-        return sum(outcomes) * 2 > len(outcomes)
+        serving = sum(count for started_at, count in self._serving.items() if started_at >= level)
+        if self._serving.get(level):
+            serving -= 1
+        refused = sum(outcomes)
+        return refused >= MIN_EVIDENCE and refused * 3 > (len(outcomes) + serving) * 2
 
     def succeeded(self, *, level: int) -> None:
         self._outcomes.append((level, False))
