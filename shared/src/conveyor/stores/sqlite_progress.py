@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -131,6 +132,11 @@ class RowView:
     def job(self, job_id: str) -> _Job | None:
         return self._jobs.get(job_id)
 
+    def writable(self, job_id: str) -> _Job | None:
+        """The job, unless it is unknown or cancelled (nothing is written for those)."""
+        job = self._jobs.get(job_id)
+        return None if job is None or job.state == JobState.cancelled else job
+
     def progress(self, job_id: str, stage: str) -> StageProgress | None:
         """The stage's progress: its row, else the record's entry (read once)."""
         key = (job_id, stage)
@@ -212,15 +218,13 @@ class StageWrite:
     def on_record(self, record: JobRecord | None) -> tuple[JobRecord | None, None]:
         """The same change on a whole record (a job that a whole-record write in the same
         transaction holds)."""
-        if record is None:
-            return None, None
-        updated = records.with_stage(record, self.stage, self.state, attempts=self.attempts, error=self.error,
-                                     waiting_for=self.waiting_for, meta=self.meta)
-        return (None if updated is record else updated), None
+        return _on_whole(record, lambda r: records.with_stage(
+            r, self.stage, self.state, attempts=self.attempts, error=self.error, waiting_for=self.waiting_for,
+            meta=self.meta))
 
     def on_rows(self, view: RowView, job_id: str) -> None:
-        job = view.job(job_id)
-        if job is None or job.state == JobState.cancelled:
+        job = view.writable(job_id)
+        if job is None:
             return
         now = utcnow()
         # Worked out before anything is written, so that an operation that fails writes nothing.
@@ -262,14 +266,12 @@ class StageFinish:
     meta: dict[str, Any] | None
 
     def on_record(self, record: JobRecord | None) -> tuple[JobRecord | None, None]:
-        if record is None:
-            return None, None
-        updated = records.finished(record, self.stage, attempts=self.attempts, summary=self.summary, meta=self.meta)
-        return (None if updated is record else updated), None
+        return _on_whole(record, lambda r: records.finished(r, self.stage, attempts=self.attempts,
+                                                            summary=self.summary, meta=self.meta))
 
     def on_rows(self, view: RowView, job_id: str) -> None:
-        job = view.job(job_id)
-        if job is None or job.state == JobState.cancelled:
+        job = view.writable(job_id)
+        if job is None:
             return
         now = utcnow()
         completing = job.state != JobState.completed  # else a redelivery: it completed already
@@ -299,3 +301,11 @@ class BlobsRead:
 
 
 StageOperation = StageWrite | StageClaim | StageFinish | BlobsRead
+
+
+def _on_whole(record: JobRecord | None, change: Callable[[JobRecord], JobRecord]) -> tuple[JobRecord | None, None]:
+    """`change` on a whole record: the record to write (None when nothing changes)."""
+    if record is None:
+        return None, None
+    updated = change(record)
+    return (None if updated is record else updated), None
