@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from pydantic_core import to_jsonable_python
+from pydantic import TypeAdapter
 
 from conveyor.events import BlobRef, utcnow
 from conveyor.stores import records
@@ -38,6 +38,7 @@ SCHEMA = (
 )
 COLUMNS = "state, attempts, error, updated_at, waiting_for, waiting_since"
 _SELECT_CHUNK = 500
+_META = TypeAdapter(dict[str, Any])  # a stage's output meta, as the record's JSON holds it
 
 # (job id, tenant, state before, state after) of a job whose state a write changed.
 StateChange = tuple[str, str, JobState | None, JobState]
@@ -170,7 +171,8 @@ class RowView:
         self._updates.setdefault(job_id, {}).update(fields, updated_at=timestamp(now))
 
     def field(self, job_id: str, name: str) -> Any:
-        """A field of the job's record, as this transaction has it (JSON values)."""
+        """A field of the job's record as this transaction has it: `meta` parsed, other fields as
+        SQLite's json_extract gives them (text; an array as its JSON)."""
         pending = self._updates.get(job_id, {})
         if name in pending:
             return pending[name]
@@ -183,7 +185,7 @@ class RowView:
         if not meta:
             return None
         have = self.field(job_id, "meta") or {}
-        merged = {**have, **to_jsonable_python(meta)}
+        merged = {**have, **_META.dump_python(meta, mode="json")}
         return None if merged == have else merged
 
     def flush(self) -> list[StateChange]:

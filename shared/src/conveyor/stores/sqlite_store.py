@@ -3,7 +3,8 @@
 Group commit: the reads and read-modify-writes that callers start while a transaction is running
 wait and share the next one, so a worker with many records in flight pays one transaction (and
 one trip to the database thread) per group, not per update. Each caller still returns only once
-its own change is committed.
+its own change is committed. A stage's progress lives in rows of its own (`sqlite_progress`), so
+the writes every hop makes do not rewrite the job's whole record.
 """
 
 from __future__ import annotations
