@@ -193,9 +193,10 @@ def trace_dict() -> dict[str, str]:
     return carrier
 
 
-def kafka_headers() -> list[tuple[str, bytes]]:
-    """The current span's W3C context as Kafka headers; [] when there is no span or tracing is off."""
-    return [(key, value.encode("ascii")) for key, value in trace_dict().items()]
+def kafka_headers(context: dict[str, str] | None = None) -> list[tuple[str, bytes]]:
+    """A W3C context (default: the current span's, `trace_dict()`) as Kafka headers; [] when there
+    is no span or tracing is off."""
+    return [(key, value.encode("ascii")) for key, value in (trace_dict() if context is None else context).items()]
 
 
 def current_trace_id() -> str | None:

@@ -594,7 +594,7 @@ class StageWorker:
                 update = changes if trace == event.trace else {**changes, "trace": trace}
                 sent = event.model_copy(update=update) if update else event
                 await self._producer.send_and_wait(topic, sent.to_bytes(), key=event.partition_key(),
-                                                   headers=tracing.kafka_headers())
+                                                   headers=tracing.kafka_headers(trace))
 
         await self._until_acknowledged(send, f"job {event.job_id} to {topic}")
         self._metrics.produced(topic).inc()

@@ -33,6 +33,12 @@ class JobState(str, Enum):
     cancelled = "cancelled"  # withdrawn by its tenant: every stage skips it, nothing more is written
 
 
+# Completed or cancelled: nothing will run or re-drive the job again.
+FINAL_STATES = frozenset({JobState.completed, JobState.cancelled})
+# Final or failed: no longer counted against its tenant's active-job quota.
+FINISHED_STATES = frozenset({*FINAL_STATES, JobState.failed})
+
+
 class StageState(str, Enum):
     pending = "pending"
     running = "running"
@@ -116,7 +122,7 @@ class JobRecord(BaseModel):
 
     def final(self) -> bool:
         """Completed or cancelled: nothing will run or re-drive this job again."""
-        return self.state in (JobState.completed, JobState.cancelled)
+        return self.state in FINAL_STATES
 
     def page_key(self) -> str:
         """Where this job stands in its tenant's list, newest first (a cursor for `list_jobs`)."""
@@ -124,7 +130,7 @@ class JobRecord(BaseModel):
 
     def finished(self) -> bool:
         """Completed, failed or cancelled: no longer counted against its tenant's active-job quota."""
-        return self.state in (JobState.completed, JobState.failed, JobState.cancelled)
+        return self.state in FINISHED_STATES
 
     def redrivable(self) -> bool:
         """Something can still re-drive this job (a dead letter, a waiting delivery): its record

@@ -65,14 +65,25 @@ def _row(job_id: str, stage: str, progress: StageProgress) -> tuple[Any, ...]:
 def load(db: sqlite3.Connection, job_ids: list[str]) -> dict[str, JobRecord]:
     """The jobs' status as callers see it: each record with its stage rows laid over it."""
     found: dict[str, JobRecord] = {}
-    for start in range(0, len(job_ids), _SELECT_CHUNK):
-        chunk = job_ids[start:start + _SELECT_CHUNK]
-        marks = ",".join("?" * len(chunk))
-        raw = db.execute(f"SELECT job_id, record FROM jobs WHERE job_id IN ({marks})", chunk).fetchall()
-        rows = db.execute(f"SELECT job_id, stage, {COLUMNS} FROM stage_progress WHERE job_id IN ({marks})",
-                          chunk).fetchall()
-        found.update(assemble(raw, rows))
+    for chunk in chunks(job_ids):
+        raw = db.execute(f"SELECT job_id, record FROM jobs WHERE job_id IN ({_marks(chunk)})", chunk).fetchall()
+        found.update(assemble(raw, stage_rows(db, chunk)))
     return found
+
+
+def stage_rows(db: sqlite3.Connection, job_ids: list[str]) -> list[tuple[Any, ...]]:
+    """The stage rows of these jobs: (job id, stage, COLUMNS...)."""
+    return [row for chunk in chunks(job_ids) for row in db.execute(
+        f"SELECT job_id, stage, {COLUMNS} FROM stage_progress WHERE job_id IN ({_marks(chunk)})", chunk)]
+
+
+def chunks(job_ids: list[str]) -> list[list[str]]:
+    """The ids in runs short enough for one `IN (...)` each."""
+    return [job_ids[start:start + _SELECT_CHUNK] for start in range(0, len(job_ids), _SELECT_CHUNK)]
+
+
+def _marks(chunk: list[str]) -> str:
+    return ",".join("?" * len(chunk))
 
 
 def assemble(raw: list[tuple[str, str]], rows: list[tuple[Any, ...]]) -> dict[str, JobRecord]:
@@ -91,8 +102,8 @@ def assemble(raw: list[tuple[str, str]], rows: list[tuple[Any, ...]]) -> dict[st
     return records_by_id
 
 
-def fold(db: sqlite3.Connection, job_ids: list[str]) -> None:
-    """The rows of these jobs are in their records now (a whole-record write): drop them."""
+def drop_rows(db: sqlite3.Connection, job_ids: list[str]) -> None:
+    """Delete these jobs' stage rows: folded into a whole-record write, or gone with their jobs."""
     if job_ids:
         db.executemany("DELETE FROM stage_progress WHERE job_id = ?", [(job_id,) for job_id in job_ids])
 
@@ -118,17 +129,14 @@ class RowView:
         self._progress: dict[tuple[str, str], StageProgress | None] = {}
         self._rows: dict[tuple[str, str], tuple[Any, ...]] = {}
         self._updates: dict[str, dict[str, Any]] = {}  # job id -> record fields to set
-        for start in range(0, len(job_ids), _SELECT_CHUNK):
-            chunk = job_ids[start:start + _SELECT_CHUNK]
-            marks = ",".join("?" * len(chunk))
+        for chunk in chunks(job_ids):
             for job_id, tenant, state, error, entries in db.execute(
                     "SELECT job_id, json_extract(record, '$.tenant'), json_extract(record, '$.state'), "
                     f"json_extract(record, '$.error'), json_extract(record, '$.stages') FROM jobs "
-                    f"WHERE job_id IN ({marks})", chunk):
+                    f"WHERE job_id IN ({_marks(chunk)})", chunk):
                 self._jobs[job_id] = _Job(tenant, JobState(state), error, entries, JobState(state))
-            for job_id, stage, *columns in db.execute(
-                    f"SELECT job_id, stage, {COLUMNS} FROM stage_progress WHERE job_id IN ({marks})", chunk):
-                self._progress[job_id, stage] = _progress(tuple(columns))
+        for job_id, stage, *columns in stage_rows(db, job_ids):
+            self._progress[job_id, stage] = _progress(tuple(columns))
 
     def job(self, job_id: str) -> _Job | None:
         return self._jobs.get(job_id)

@@ -21,10 +21,7 @@ from typing import Any
 from conveyor.stores import sqlite_progress as progress
 from conveyor.events import BlobRef
 from conveyor.usage import UsageTotal
-from conveyor.stores.base import Claim, JobRecord, JobState, JobStore, StageState
-
-FINISHED = frozenset({JobState.completed, JobState.failed, JobState.cancelled})
-FINAL = frozenset({JobState.completed, JobState.cancelled})  # nothing re-drives these
+from conveyor.stores.base import FINAL_STATES, FINISHED_STATES, Claim, JobRecord, JobState, JobStore, StageState
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, record TEXT NOT NULL)",
@@ -58,7 +55,6 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS usage_by_job ON usage (job_id)",
     *progress.SCHEMA,
 )
-_SELECT_CHUNK = 500
 _INSERT_CHUNK = 400  # rows per INSERT statement: 800 variables, far below SQLite's limit
 # Applied to a job's current record (None when there is none): (record to write or None, result).
 _Operation = Callable[[JobRecord | None], tuple[JobRecord | None, Any]]
@@ -98,7 +94,7 @@ def _apply_in_one_transaction(db: sqlite3.Connection, batch: _Batch) -> list[tup
         if changed:
             db.executemany("UPDATE jobs SET record = ? WHERE job_id = ?",
                            [(current[job_id].model_dump_json(), job_id) for job_id in changed])
-            progress.fold(db, sorted(changed))
+            progress.drop_rows(db, sorted(changed))  # folded into the records
             state_changes += [(job_id, current[job_id].tenant, before[job_id].state if job_id in before else None,
                                current[job_id].state) for job_id in changed]
         _track_active(db, state_changes)
@@ -116,13 +112,14 @@ def _read(record: JobRecord | None) -> tuple[None, JobRecord | None]:
 def _track_active(db: sqlite3.Connection, changes: list[progress.StateChange]) -> None:
     """Keep `active_jobs` in step with the jobs whose finished-ness changed."""
     ended = [(job_id,) for job_id, _, before, after in changes
-             if after in FINISHED and (before is None or before not in FINISHED)]
+             if after in FINISHED_STATES and (before is None or before not in FINISHED_STATES)]
     revived = [(job_id, tenant) for job_id, tenant, before, after in changes
-               if after not in FINISHED and (before is None or before in FINISHED)]
+               if after not in FINISHED_STATES and (before is None or before in FINISHED_STATES)]
     if ended:
         db.executemany("DELETE FROM active_jobs WHERE job_id = ?", ended)
         db.executemany("DELETE FROM submissions WHERE job_id = ?", ended)
-    done_with = [(job_id,) for job_id, _, before, after in changes if after in FINAL and before not in FINAL]
+    done_with = [(job_id,) for job_id, _, before, after in changes
+                 if after in FINAL_STATES and before not in FINAL_STATES]
     if done_with:  # nothing can re-drive these any more
         db.executemany("DELETE FROM dead_letters WHERE job_id = ?", done_with)
     if revived:
@@ -158,7 +155,7 @@ def _expire(db: sqlite3.Connection, before: float) -> None:
                              "AND json_extract(record, '$.updated_at') < ? "
                              "AND coalesce(json_extract(record, '$.delivery.state'), '') != 'waiting' "
                              "RETURNING job_id", (cutoff,)).fetchall()
-        progress.fold(db, [job_id for (job_id,) in expired])
+        progress.drop_rows(db, [job_id for (job_id,) in expired])
 
 
 def _marks(rows: int, columns: int) -> str:
@@ -278,8 +275,7 @@ class SqliteJobStore(JobStore):
         """Asked of the job state alone, without reading whole records."""
         def query(db: sqlite3.Connection) -> set[str]:
             found: set[str] = set()
-            for start in range(0, len(job_ids), _SELECT_CHUNK):
-                chunk = job_ids[start:start + _SELECT_CHUNK]
+            for chunk in progress.chunks(job_ids):
                 found.update(job_id for (job_id,) in db.execute(
                     f"SELECT job_id FROM jobs WHERE job_id IN ({','.join('?' * len(chunk))}) "
                     "AND json_extract(record, '$.state') = 'cancelled'", chunk))
@@ -378,10 +374,7 @@ class SqliteJobStore(JobStore):
 
         def read(db: sqlite3.Connection) -> list[JobRecord]:
             raw = db.execute(query, [*args, limit]).fetchall()
-            marks = ",".join("?" * len(raw))
-            rows = db.execute(f"SELECT job_id, stage, {progress.COLUMNS} FROM stage_progress "
-                              f"WHERE job_id IN ({marks})", [job_id for job_id, _ in raw]).fetchall()
-            found = progress.assemble(raw, rows)
+            found = progress.assemble(raw, progress.stage_rows(db, [job_id for job_id, _ in raw]))
             return [found[job_id] for job_id, _ in raw]
 
         return await self._run(read)
